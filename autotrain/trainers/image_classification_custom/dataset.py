@@ -1,0 +1,546 @@
+"""Data for the ArcFace trainer: loading the splits, a decoded-image cache, transforms, samplers.
+
+The input pipeline is built for CPU speed (the stock trainer decodes and augments every image with
+albumentations in the main process, every epoch):
+
+1. every image is decoded once, resized (PIL, the backbone's filter) and stored as uint8 in an
+   ``(N, H, W, 3)`` array: training images at ``round(1.15 * image_size)`` squared (room for random
+   crops), evaluation images at exactly ``image_size`` squared, which is what the saved
+   ``ViTImageProcessor`` does (square resize, no crop). At 224 px a training image takes 200 KB
+   (258x258x3): 4 GiB, the default ``cache_memory_mb``, holds about 20,000 of them; a larger split
+   goes to a memory-mapped file instead;
+2. training augmentation works on uint8 tensors with ``torchvision.transforms.v2`` (in DataLoader
+   workers when ``dataloader_num_workers > 0``); conversion to float and normalisation happen once per
+   batch in the collator, which also returns channels-last tensors;
+3. samplers are seeded and epoch-aware, so a resumed run replays the same order.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Sampler
+from torchvision.transforms import v2
+
+from autotrain import logger
+
+DOMAIN_NAMES = ("herbarium", "field")
+FIELD = 1
+TRAIN_CACHE_FACTOR = 1.15
+_PIL_FILTERS = {
+    "nearest": PILImage.Resampling.NEAREST,
+    "bilinear": PILImage.Resampling.BILINEAR,
+    "bicubic": PILImage.Resampling.BICUBIC,
+    "lanczos": PILImage.Resampling.LANCZOS,
+    "box": PILImage.Resampling.BOX,
+    "hamming": PILImage.Resampling.HAMMING,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitData:
+    """One split: the HF dataset (images not decoded), labels and domains as numpy arrays."""
+
+    name: str
+    dataset: Any
+    labels: np.ndarray
+    domains: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PreparedData:
+    """The splits the trainer uses and the label order (from the training split's ``ClassLabel``)."""
+
+    class_names: list[str]
+    train: SplitData
+    validation: Optional[SplitData] = None
+    test: Optional[SplitData] = None
+    has_domains: bool = True
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def class_has_field(self) -> np.ndarray:
+        """(C,) True where the training split has a field photo of the class."""
+        has = np.zeros(len(self.class_names), dtype=bool)
+        has[np.unique(self.train.labels[self.train.domains == FIELD])] = True
+        return has
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def open_dataset_dict(data_path: str, token: Optional[str] = None, config_name: Optional[str] = None):
+    """Open ``data_path`` as a ``DatasetDict``.
+
+    Accepts a folder written by ``save_to_disk`` (a ``DatasetDict`` such as data_prep's output, or a
+    single ``Dataset``, used as ``train``), a plain image folder (``imagefolder``: class subfolders,
+    optionally under ``train/``, ``validation/``, ``test/``), or a Hub dataset id.
+
+    Raises:
+        FileNotFoundError: ``data_path`` is neither an existing folder nor a loadable Hub dataset.
+    """
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    path = Path(data_path)
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            loaded = load_from_disk(str(path))
+            if isinstance(loaded, Dataset):
+                loaded = DatasetDict({"train": loaded})
+            return loaded, "saved"
+        return load_dataset("imagefolder", data_dir=str(path)), "imagefolder"
+    if path.exists():
+        raise FileNotFoundError(f"data_path {data_path!r} is a file, not a dataset folder")
+    if not _HUB_ID.match(data_path):
+        raise FileNotFoundError(f"data_path {data_path!r} does not exist (working directory: {os.getcwd()})")
+    try:
+        return load_dataset(data_path, name=config_name, token=token), "hub"
+    except Exception as err:
+        raise FileNotFoundError(
+            f"data_path {data_path!r} is not an existing folder (working directory: {os.getcwd()}) and "
+            f"could not be loaded as a Hub dataset: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _class_names(dataset, column: str) -> list[str]:
+    feature = dataset.features[column]
+    names = getattr(feature, "names", None)
+    if names:
+        return list(names)
+    return sorted({str(v) for v in dataset[column]})
+
+
+def _labels(dataset, column: str, class_names: Sequence[str], split: str) -> np.ndarray:
+    feature = dataset.features[column]
+    names = getattr(feature, "names", None)
+    index = {name: i for i, name in enumerate(class_names)}
+    values = dataset[column]
+    if names:
+        if list(names) == list(class_names):
+            return np.asarray(values, dtype=np.int64)
+        values = [names[v] for v in values]
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise ValueError(f"split {split!r} has classes that the training split lacks: {unknown[:10]}")
+    return np.asarray([index[str(v)] for v in values], dtype=np.int64)
+
+
+def _domains(dataset, column: str, split: str) -> Optional[np.ndarray]:
+    if column not in dataset.column_names:
+        return None
+    feature = dataset.features[column]
+    names = getattr(feature, "names", None)
+    values = dataset[column]
+    if names:
+        values = [names[v] for v in values]
+    values = [str(v).lower() for v in values]
+    unknown = sorted(set(values) - set(DOMAIN_NAMES))
+    if unknown:
+        raise ValueError(f"split {split!r}: domain values must be {list(DOMAIN_NAMES)}, found {unknown}")
+    return np.asarray([DOMAIN_NAMES.index(v) for v in values], dtype=np.int64)
+
+
+def load_splits(
+    data_path: str,
+    train_split: str = "train",
+    valid_split: Optional[str] = "validation",
+    test_split: Optional[str] = "test",
+    image_column: str = "image",
+    target_column: str = "label",
+    domain_column: str = "domain",
+    token: Optional[str] = None,
+    test_split_required: bool = False,
+) -> PreparedData:
+    """Load the training, validation and (when present) test splits with labels and domains.
+
+    Args:
+        data_path: See :func:`open_dataset_dict`.
+        train_split: Training split; ``config:split`` selects a Hub dataset configuration.
+        valid_split: Validation split or None.
+        test_split: Test split or None; a missing test split is skipped unless ``test_split_required``.
+        image_column: Image column.
+        target_column: Label column (``ClassLabel``, or strings encoded in sorted order).
+        domain_column: Domain column; when missing, every image counts as a field photo (warned).
+        token: Hub token for private datasets.
+        test_split_required: Raise when ``test_split`` is missing.
+
+    Raises:
+        FileNotFoundError: see :func:`open_dataset_dict`.
+        ValueError: a missing split or column, or classes in an evaluation split unknown to training.
+    """
+    config_name = None
+    if ":" in train_split:
+        config_name, train_split = train_split.split(":", 1)
+    strip = (lambda s: s.split(":", 1)[1] if s and ":" in s else s)  # noqa: E731
+    valid_split, test_split = strip(valid_split), strip(test_split)
+
+    dd, kind = open_dataset_dict(data_path, token=token, config_name=config_name)
+    splits = list(dd.keys())
+    if train_split not in dd:
+        raise ValueError(f"train_split {train_split!r} not in {data_path!r} (splits: {splits})")
+    if valid_split is not None and valid_split not in dd:
+        raise ValueError(
+            f"valid_split {valid_split!r} not in {data_path!r} (splits: {splits}); set valid_split to null "
+            "to train without validation"
+        )
+    if test_split is not None and test_split not in dd:
+        if test_split_required:
+            raise ValueError(f"test_split {test_split!r} not in {data_path!r} (splits: {splits})")
+        test_split = None
+
+    train = dd[train_split]
+    for column in (image_column, target_column):
+        if column not in train.column_names:
+            raise ValueError(
+                f"{'image_column' if column == image_column else 'target_column'}: column {column!r} not in "
+                f"split {train_split!r} (columns: {train.column_names})"
+            )
+    class_names = _class_names(train, target_column)
+    if len(class_names) < 2:
+        raise ValueError(f"{data_path!r}: need at least 2 classes, found {len(class_names)}")
+
+    notes = []
+    has_domains = domain_column in train.column_names
+    if not has_domains:
+        note = (
+            f"domain_column {domain_column!r} not in {data_path!r} ({kind}): every image is treated as a "
+            "field photo; per-domain metrics and class_domain_balanced sampling degrade to class-level"
+        )
+        warnings.warn(note, stacklevel=2)
+        logger.warning(note)
+        notes.append(note)
+
+    def make(name: Optional[str]) -> Optional[SplitData]:
+        if name is None:
+            return None
+        ds = dd[name]
+        for column in (image_column, target_column):
+            if column not in ds.column_names:
+                raise ValueError(f"column {column!r} not in split {name!r} (columns: {ds.column_names})")
+        labels = _labels(ds, target_column, class_names, name)
+        domains = _domains(ds, domain_column, name) if has_domains else None
+        if domains is None:
+            domains = np.full(len(labels), FIELD, dtype=np.int64)
+        keep = [image_column]
+        ds = ds.select_columns(keep)
+        return SplitData(name=name, dataset=ds, labels=labels, domains=domains)
+
+    return PreparedData(
+        class_names=class_names,
+        train=make(train_split),
+        validation=make(valid_split),
+        test=make(test_split),
+        has_domains=has_domains,
+        source=kind,
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Decoded-image cache
+# ------------------------------------------------------------------------------------------------------
+
+
+def _decode_one(item: Any, size: int, resample: int, draft: bool) -> np.ndarray:
+    if isinstance(item, PILImage.Image):
+        image = item
+    elif isinstance(item, dict):
+        if item.get("bytes") is not None:
+            image = PILImage.open(io.BytesIO(item["bytes"]))
+        elif item.get("path"):
+            image = PILImage.open(item["path"])
+        else:
+            raise ValueError("image entry has neither bytes nor path")
+    else:
+        raise TypeError(f"unsupported image entry {type(item).__name__}")
+    if draft and image.format == "JPEG":
+        image.draft("RGB", (size, size))  # DCT-domain downscale: much faster decoding of large JPEGs
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), resample=resample)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_images(
+    dataset: Any,
+    image_column: str,
+    size: int,
+    interpolation: str = "bilinear",
+    draft: bool = False,
+    memory_budget_mb: int = 4096,
+    spill_dir: Optional[str] = None,
+    num_threads: Optional[int] = None,
+    chunk: int = 256,
+) -> np.ndarray:
+    """Decode every image of ``dataset`` once into a ``(N, size, size, 3)`` uint8 array.
+
+    Args:
+        dataset: HF ``Dataset`` with an ``Image`` column.
+        image_column: The image column.
+        size: Square output size.
+        interpolation: PIL filter name (the backbone's; also used by the saved image processor).
+        draft: Let JPEG decoding downscale in the DCT domain first (training images only: faster, and
+            not bit-identical to the image processor).
+        memory_budget_mb: Above this size the array is a memory-mapped file in ``spill_dir``.
+        spill_dir: Folder for the memory-mapped file.
+        num_threads: Decoding threads (PIL releases the GIL); default: the CPU count.
+        chunk: Rows read from the dataset at a time.
+    """
+    from datasets import Image as ImageFeature
+
+    n = len(dataset)
+    nbytes = n * size * size * 3
+    if nbytes > memory_budget_mb * 2**20:
+        if spill_dir is None:
+            raise ValueError("the decoded images exceed cache_memory_mb and no spill folder was given")
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        file = Path(spill_dir) / f"images-{size}-{n}-{os.getpid()}.u8"
+        logger.info(f"Image cache: {nbytes / 2**20:.0f} MiB > cache_memory_mb, memory-mapped at {file}")
+        array = np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    else:
+        array = np.empty((n, size, size, 3), dtype=np.uint8)
+    if isinstance(dataset.features.get(image_column), ImageFeature):
+        dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
+    resample = _PIL_FILTERS.get(interpolation, PILImage.Resampling.BILINEAR)
+    threads = num_threads or max(1, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for start in range(0, n, chunk):
+            items = dataset[start : start + chunk][image_column]
+            decoded = pool.map(lambda it: _decode_one(it, size, resample, draft), items)
+            for offset, image in enumerate(decoded):
+                array[start + offset] = image
+    return array
+
+
+# ------------------------------------------------------------------------------------------------------
+# Transforms, datasets, collator
+# ------------------------------------------------------------------------------------------------------
+
+
+def train_cache_size(image_size: int, augmentation: float) -> int:
+    """Side of the cached training images: room for random crops when augmenting."""
+    return int(round(image_size * TRAIN_CACHE_FACTOR)) if augmentation > 0 else image_size
+
+
+def create_train_transform(image_size: int, strength: float = 1.0, interpolation: str = "bilinear") -> v2.Compose:
+    """Augmentation on uint8 ``(3, H, W)`` tensors that narrows the herbarium/field gap.
+
+    Herbarium sheets are flat, pale, dried and arbitrarily oriented; field photos are green, cluttered
+    and partial. Random resized crops (scale down to ``1 - 0.65 * strength``), flips, rotation, strong
+    colour jitter, random grayscale and blur make the head rely on shape and venation rather than
+    colour and framing. ``strength`` scales every probability and range; 0 returns a plain resize.
+
+    Args:
+        image_size: Output side.
+        strength: 0 (none) .. 2 (strongest); 1 is the default.
+        interpolation: Resize filter name.
+    """
+    mode = v2.InterpolationMode.BICUBIC if interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+    if strength <= 0:
+        return v2.Compose([v2.Resize((image_size, image_size), interpolation=mode, antialias=True)])
+    a = float(strength)
+    min_scale = max(0.08, 1.0 - 0.65 * a)
+    blur_kernel = max(3, (image_size // 32) | 1)
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), interpolation=mode, antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomVerticalFlip(p=min(0.5, 0.1 * a)),
+            v2.RandomApply([v2.RandomRotation(degrees=min(180.0, 20.0 * a))], p=min(1.0, 0.4 * a)),
+            v2.RandomApply(
+                [v2.ColorJitter(brightness=0.4 * a, contrast=0.4 * a, saturation=0.5 * a, hue=min(0.5, 0.06 * a))],
+                p=min(1.0, 0.8 * a),
+            ),
+            v2.RandomGrayscale(p=min(1.0, 0.15 * a)),
+            v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 1.5 * a))], p=min(1.0, 0.2 * a)),
+        ]
+    )
+
+
+class CachedImageDataset(TorchDataset):
+    """Items ``{"pixel_values": uint8 (3, H, W), "labels": int}`` from a decoded-image array.
+
+    Args:
+        images: ``(N, H, W, 3)`` uint8 (array or memmap).
+        labels: ``(N,)`` class ids.
+        transform: Applied to the uint8 ``(3, H, W)`` tensor (training augmentation) or None.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Optional[Any] = None) -> None:
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = torch.from_numpy(np.ascontiguousarray(self.images[index])).permute(2, 0, 1)
+        if self.transform is not None:
+            image = self.transform(image)
+        return {"pixel_values": image, "labels": int(self.labels[index])}
+
+
+class NormalizeCollator:
+    """Stack uint8 images, convert to float, normalise with the model's mean/std, channels-last.
+
+    Args:
+        mean: Per-channel mean of ``[0, 1]`` pixels.
+        std: Per-channel std.
+        channels_last: Return ``torch.channels_last`` tensors (faster convolutions on CPU and GPU).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = True) -> None:
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(
+            1, 3, 1, 1
+        )
+        self.channels_last = channels_last
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> normalised float32."""
+        x = images.float().mul_(self.scale).sub_(self.shift)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images = torch.stack([item["pixel_values"] for item in batch])
+        labels = torch.tensor([item["labels"] for item in batch], dtype=torch.long)
+        return {"pixel_values": self.normalize(images), "labels": labels}
+
+
+def resize_uint8(images: np.ndarray, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, size, size)`` uint8 (antialiased), e.g. cached training images
+    brought to the evaluation size for prototypes and t-SNE."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    mode = v2.InterpolationMode.BICUBIC if interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+    return v2.functional.resize(x, [size, size], interpolation=mode, antialias=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Samplers
+# ------------------------------------------------------------------------------------------------------
+
+
+class BalancedSampler(Sampler[int]):
+    """Seeded, epoch-aware training sampler: shuffling, or class (and domain) balancing.
+
+    - ``mode="shuffle"``: a permutation of the dataset;
+    - ``mode="class"``: each draw picks a class uniformly among the classes present, then an image of it
+      uniformly (with replacement);
+    - ``mode="class_domain"``: as ``class``, then a domain uniformly among the domains the class has
+      (herbarium, field), then an image.
+
+    An epoch has ``len(labels)`` draws rounded up to a multiple of ``multiple_of`` (the batch size times
+    the number of processes), topped up with random images, so that no batch is a lone image (BatchNorm
+    cannot train on one). The order depends only on ``(seed, epoch)``: every process of a distributed
+    run and a resumed run see the same sequence. The Trainer calls ``set_epoch`` (through accelerate)
+    before every epoch; without it consecutive iterations still differ.
+
+    Args:
+        labels: ``(N,)`` class ids.
+        domains: ``(N,)`` domain ids (needed for ``class_domain``).
+        mode: ``shuffle``, ``class`` or ``class_domain``.
+        multiple_of: Round the epoch length up to a multiple of this.
+        seed: Base seed.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        domains: Optional[Sequence[int]] = None,
+        mode: str = "class",
+        multiple_of: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if mode not in ("shuffle", "class", "class_domain"):
+            raise ValueError(f"mode must be shuffle, class or class_domain, got {mode!r}")
+        labels = np.asarray(labels, dtype=np.int64)
+        if mode == "class_domain" and domains is None:
+            raise ValueError("class_domain sampling needs domains")
+        self.mode = mode
+        self.size = len(labels)
+        multiple_of = max(1, int(multiple_of))
+        self.num_samples = -(-self.size // multiple_of) * multiple_of
+        self.seed = int(seed)
+        self.epoch = 0
+        self.classes = np.unique(labels)
+        doms = np.zeros_like(labels) if domains is None else np.asarray(domains, dtype=np.int64)
+        # pools[c] = one index array per domain of class c (a single array without domain balance)
+        self.pools: list[list[np.ndarray]] = []
+        for c in self.classes:
+            idx = np.flatnonzero(labels == c)
+            if mode == "class_domain":
+                self.pools.append([idx[doms[idx] == d] for d in np.unique(doms[idx])])
+            else:
+                self.pools.append([idx])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """The draws of ``epoch`` (deterministic)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.mode == "shuffle":
+            extra = rng.integers(self.size, size=self.num_samples - self.size)
+            return np.concatenate([rng.permutation(self.size), extra])
+        picks = rng.integers(len(self.classes), size=self.num_samples)
+        out = np.empty(self.num_samples, dtype=np.int64)
+        for ci, pool in enumerate(self.pools):
+            where = np.flatnonzero(picks == ci)
+            if len(where) == 0:
+                continue
+            which = rng.integers(len(pool), size=len(where))
+            for di, members in enumerate(pool):
+                sel = where[which == di]
+                out[sel] = members[rng.integers(len(members), size=len(sel))]
+        return out
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        return iter(self.indices(epoch).tolist())
+
+
+SAMPLING_MODES = {"none": "shuffle", "class_balanced": "class", "class_domain_balanced": "class_domain"}
+
+
+def create_sampler(
+    sampling: str, labels: np.ndarray, domains: np.ndarray, seed: int, multiple_of: int = 1
+) -> BalancedSampler:
+    """The training sampler for the ``sampling`` parameter (``none`` = seeded shuffling)."""
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling: unknown value {sampling!r}")
+    return BalancedSampler(labels, domains, mode=SAMPLING_MODES[sampling], multiple_of=multiple_of, seed=seed)
+
+
+def cache_budget_note(n_images: int, size: int) -> str:
+    """Human-readable size of a uint8 cache."""
+    return f"{n_images} images x {size}x{size}x3 uint8 = {n_images * size * size * 3 / 2**20:.0f} MiB"

@@ -1,0 +1,257 @@
+"""The Hub model card (``README.md``) and the t-SNE figure of a trained ArcFace model.
+
+The card's front matter is Hub metadata (``library_name``, ``pipeline_tag``, ``base_model`` and
+``datasets`` only when they are Hub ids, tags and a ``model-index`` with the field metrics, written by
+``huggingface_hub.ModelCardData``); the body has a usage snippet, the metrics tables (the same numbers
+as ``metrics.json``, formatted by :func:`format_metric`) and the t-SNE picture. Nothing here sees the
+Hub token.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from autotrain.trainers.image_classification_custom.metrics import METRIC_NAMES
+
+EMBEDDED_BACKBONE = "efficientnet_lite0-offline"
+CARD_TAGS = ["arcface", "plant", "herbarium", "autotrain", "image-classification", "plantclef"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SUBSET_TITLES = {
+    "all": "All images",
+    "field": "Field photos",
+    "herbarium": "Herbarium sheets",
+    "with_field": "Classes with field training photos",
+    "herbarium_only": "Classes without field training photos (herbarium only)",
+}
+METRIC_TITLES = {"top1": "Top-1", "top5": "Top-5", "mrr": "MRR", "macro_f1": "Macro-F1"}
+
+
+def is_hub_id(name: Optional[str]) -> bool:
+    """True for ``owner/name`` strings that are not local paths (and not the embedded backbone)."""
+    if not name or name == EMBEDDED_BACKBONE or os.path.exists(name):
+        return False
+    return bool(_HUB_ID.match(name.removeprefix("hf-hub:")))
+
+
+def format_metric(value: Any) -> str:
+    """The one formatting used by the card tables (tests compare them with metrics.json)."""
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return f"{float(value):.4f}"
+
+
+def metrics_table(report: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table: one row per subset (all, field, herbarium, groups), one column per metric."""
+    header = "| Subset | Images | " + " | ".join(METRIC_TITLES[m] for m in METRIC_NAMES) + " |"
+    rows = [header, "|" + " --- |" * (2 + len(METRIC_NAMES))]
+    for subset, values in report.items():
+        cells = [format_metric(values.get(m)) for m in METRIC_NAMES]
+        title = SUBSET_TITLES.get(subset, subset)
+        rows.append(f"| {title} (`{subset}`) | {format_metric(values.get('n'))} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _card_data(params: Mapping[str, Any], metrics: Mapping[str, Any], project_name: str):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    model = params.get("model")
+    data_path = params.get("data_path") or f"{project_name}/autotrain-data"
+    eval_results = []
+    for split in ("test", "validation"):
+        report = metrics.get(split)
+        if not report:
+            continue
+        subset = "field" if "field" in report else "all"
+        dataset_type = data_path if is_hub_id(data_path) else "imagefolder"
+        for key, mtype in (("top1", "accuracy"), ("top5", "top_5_accuracy"), ("mrr", "mrr"), ("macro_f1", "f1")):
+            value = report[subset].get(key)
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            eval_results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image Classification",
+                    dataset_type=dataset_type,
+                    dataset_name=f"{os.path.basename(data_path.rstrip('/')) or data_path} ({subset} photos)",
+                    dataset_split=split,
+                    metric_type=mtype,
+                    metric_name=f"{'Field' if subset == 'field' else 'All'} {METRIC_TITLES[key]} ({split})",
+                    metric_value=round(float(value), 4),
+                )
+            )
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        base_model=model.removeprefix("hf-hub:") if is_hub_id(model) else None,
+        datasets=[data_path] if is_hub_id(data_path) else None,
+        tags=CARD_TAGS,
+        model_name=project_name,
+        eval_results=eval_results or None,
+    )
+
+
+def render_model_card(
+    params: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    class_names: Sequence[str],
+    tsne_file: Optional[str] = None,
+    repo_id: Optional[str] = None,
+) -> str:
+    """The ``README.md`` of the model folder.
+
+    Args:
+        params: The training parameters without the token (``params.public_dict()``).
+        metrics: The content of ``metrics.json``.
+        class_names: Label order.
+        tsne_file: Relative path of the t-SNE picture, when written.
+        repo_id: Hub repository (for the usage snippet); default: the local folder.
+    """
+    project = params.get("project_name", "model")
+    data = _card_data(params, metrics, project)
+    where = repo_id or project
+    classes = metrics.get("classes", {})
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {project}: herbarium-to-field plant identification (ArcFace)",
+        "",
+        f"An ArcFace-headed `{params.get('model')}` backbone fine-tuned with AutoTrain's "
+        "`image_classification_custom` trainer to recognise plant species in field photos, including "
+        "species that were seen only as herbarium sheets during training. The logits are "
+        "`s * cos(theta)` between the L2-normalised embedding and each class centre; the embedding "
+        "(`model.embed(pixel_values)`) also serves nearest-specimen search.",
+        "",
+        f"- Classes: {len(class_names)} ({classes.get('with_field', '?')} with field training photos, "
+        f"{classes.get('herbarium_only', '?')} herbarium only)",
+        f"- ArcFace: scale {params.get('arcface_scale')}, margin {params.get('arcface_margin')} rad, "
+        f"{params.get('arcface_subcenters')} sub-centre(s), embedding {params.get('embedding_dim')}, "
+        f"head initialised from {params.get('head_init')}",
+        f"- Training: {params.get('epochs')} epochs ({params.get('warmup_epochs')} head-only), sampling "
+        f"`{params.get('sampling')}`, augmentation {params.get('augmentation')}, image size "
+        f"{metrics.get('image_size', params.get('image_size'))}",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classifier = pipeline("image-classification", model="{where}", trust_remote_code=True)',
+        'print(classifier("field_photo.jpg", top_k=5))',
+        "```",
+        "",
+        "The model code (`modeling_arcface.py`) ships in this repository; it needs torch, transformers and "
+        "timm and never downloads the original backbone weights.",
+        "",
+    ]
+    for split in ("validation", "test"):
+        report = metrics.get(split)
+        if report:
+            lines += [f"## Metrics: {split} split", "", metrics_table(report), ""]
+    baseline = metrics.get("baseline_prototypes")
+    if baseline:
+        lines += [
+            "### Before training (frozen backbone, class-mean prototypes)",
+            "",
+            metrics_table(baseline),
+            "",
+        ]
+    lines += [
+        "MRR is the mean reciprocal rank of the true species (PlantCLEF's metric); macro-F1 averages the "
+        "classes present in each subset.",
+        "",
+    ]
+    if tsne_file:
+        lines += [
+            "## Embeddings (t-SNE)",
+            "",
+            f"![t-SNE of the embeddings, coloured by species; circles: field photos, triangles: herbarium "
+            f"sheets]({tsne_file})",
+            "",
+        ]
+    lines += [
+        "## Training parameters",
+        "",
+        "```json",
+        _json(params),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _json(params: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in params.items() if k != "token"}, indent=2)
+
+
+def plot_tsne(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    domains: np.ndarray,
+    class_names: Sequence[str],
+    out_path: str,
+    seed: int = 0,
+    title: str = "t-SNE of the ArcFace embeddings",
+) -> str:
+    """2-D t-SNE of ``embeddings``, coloured by species, marker by domain (o field, ^ herbarium).
+
+    Args:
+        embeddings: ``(N, D)``.
+        labels: ``(N,)`` class ids.
+        domains: ``(N,)`` 0 herbarium, 1 field.
+        class_names: Label order (legend when there are at most 20 classes).
+        out_path: PNG path.
+        seed: t-SNE seed.
+        title: Figure title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    n = len(embeddings)
+    if n < 5:
+        raise ValueError(f"t-SNE needs at least 5 points, got {n}")
+    perplexity = float(max(2.0, min(30.0, (n - 1) / 3)))
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        np.asarray(embeddings, dtype=np.float32)
+    )
+    cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=120)
+    for domain, marker, name in ((1, "o", "field"), (0, "^", "herbarium")):
+        mask = np.asarray(domains) == domain
+        if mask.any():
+            colours = [cmap(int(c) % cmap.N) for c in np.asarray(labels)[mask]]
+            ax.scatter(
+                coords[mask, 0], coords[mask, 1], c=colours, marker=marker, s=22, alpha=0.8, linewidths=0.3,
+                edgecolors="black", label=name,
+            )
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color="grey", label="field photo"),
+        plt.Line2D([], [], marker="^", linestyle="", color="grey", label="herbarium sheet"),
+    ]
+    present = sorted(set(np.asarray(labels).tolist()))
+    if len(present) <= 20:
+        handles += [
+            plt.Line2D([], [], marker="s", linestyle="", color=cmap(c % cmap.N), label=class_names[c])
+            for c in present
+        ]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out_path, bbox_inches="tight")
+    plt.close(fig)
+    return out_path

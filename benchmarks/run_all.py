@@ -1,0 +1,473 @@
+"""Run the benchmarks side by side and rewrite BENCHMARKS.md (``make bench``).
+
+Usage::
+
+    python benchmarks/run_all.py                       # everything, rewrites BENCHMARKS.md
+    python benchmarks/run_all.py --only training --only accuracy --seeds 3
+    python benchmarks/run_all.py --quick --out /tmp/b  # tiny sizes (the test); report in /tmp/b
+
+Sections: ``data_prep`` (``bench_data_prep.run``), ``training`` (CPU throughput, ours vs the stock
+AutoTrain trainer), ``accuracy`` (field top-1/top-5/MRR: ArcFace, margin 0, stock), ``app``
+(``bench_app.run`` on the ArcFace model trained by the accuracy section), ``gpu`` (ViT-B/16 bf16;
+skipped without CUDA). A section that fails is reported as failed, without numbers, the other sections
+still run, and the script exits with status 1. Sections not selected with ``--only`` keep their previous
+results (each with its own date, machine and command), read back from the JSON embedded in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+for path in (str(HERE), str(REPO_ROOT)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+}.items():
+    os.environ.setdefault(key, value)
+
+from bench_common import machine_info, machine_line, now_iso  # noqa: E402
+
+SECTIONS = ("data_prep", "training", "accuracy", "app", "gpu")
+DEFAULT_SEEDS = 1
+DEFAULT_STOCK_LR = 1e-3
+RESULTS_MARKER = "<!-- bench-results"
+CPU_TARGET_RATIO = 2.0
+GPU_TARGET_IMAGES_PER_S = 4000.0
+
+
+# ------------------------------------------------------------------------------------------------------
+# Running the sections
+# ------------------------------------------------------------------------------------------------------
+
+
+def _external(module: str):
+    """Import a benchmark module written by another component (``bench_data_prep``, ``bench_app``)."""
+    if not (HERE / f"{module}.py").is_file():
+        raise FileNotFoundError(f"benchmarks/{module}.py does not exist")
+    return importlib.import_module(module)
+
+
+def _app_model(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    """The ArcFace model of the accuracy section (this run's, or an earlier one in --out), else train one."""
+    acc = results.get("accuracy", {})
+    if acc.get("status") == "ok":
+        return acc["result"]["models"]["ours_arcface"][0]
+    import bench_accuracy
+
+    return bench_accuracy.app_model(args.out, quick=args.quick, stock_lr=args.stock_lr)
+
+
+def run_section(name: str, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    if name == "data_prep":
+        return _external("bench_data_prep").run(args.out / "data_prep", quick=args.quick)
+    if name == "training":
+        import bench_training
+
+        return bench_training.run(args.out, quick=args.quick, reps=args.reps, stock_lr=args.stock_lr)
+    if name == "accuracy":
+        import bench_accuracy
+
+        return bench_accuracy.run(
+            args.out, quick=args.quick, seeds=args.seeds, epochs=args.epochs, stock_lr=args.stock_lr
+        )
+    if name == "app":
+        model_dir = _app_model(args, results)
+        out = _external("bench_app").run(model_dir, quick=args.quick)
+        return {"model_dir": str(model_dir), **(out if isinstance(out, dict) else {"result": out})}
+    if name == "gpu":
+        import bench_training
+
+        return bench_training.run_gpu(args.out, quick=args.quick)
+    raise ValueError(f"unknown section {name!r}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# The report
+# ------------------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if value == 0:
+            return "0"
+        magnitude = math.floor(math.log10(abs(value)))
+        decimals = max(0, digits - 1 - magnitude)
+        return f"{value:.{decimals}f}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v, digits) for v in value) + "]"
+    return str(value)
+
+
+def _meta_line(entry: dict[str, Any]) -> str:
+    meta = entry["meta"]
+    load = f"; load average {fmt(meta.get('load_start'))} -> {fmt(meta.get('load_end'))}"
+    return (
+        f"_Measured {meta['date']} in {fmt(entry.get('seconds', 0.0))} s on {meta['machine_line']}{load}. "
+        f"Command: `{meta['command']}`._"
+    )
+
+
+def _flatten(prefix: str, value: Any, rows: list[tuple[str, Any]]) -> None:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, rows)
+    else:
+        rows.append((prefix, value))
+
+
+def _generic_table(result: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, Any]] = []
+    _flatten("", result, rows)
+    lines = ["| Measurement | Value |", "| --- | --- |"]
+    for key, value in rows:
+        text = fmt(value) if not isinstance(value, str) else value.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{key}` | {text} |")
+    return lines
+
+
+def _speed_row(label: str, s: dict[str, Any]) -> str:
+    reported = fmt(s["median_trainer_samples_per_s"]) if "median_trainer_samples_per_s" in s else "n/a"
+    return (
+        f"| {label} | {fmt(s['runs_images_per_s'])} | **{fmt(s['median_images_per_s'])}** | "
+        f"{fmt(s['median_step_s'])} | {fmt(s['median_data_s'])} | {fmt(s['median_fwd_bwd_s'])} | "
+        f"{fmt(s['median_other_s'])} | {reported} | {fmt(s['median_command_wall_s'])} |"
+    )
+
+
+_SPEED_HEADER = [
+    "| Trainer (stage) | images/s per run | median images/s | s/step | data wait s/step | "
+    "forward+backward s/step | optimizer+other s/step | Trainer-reported samples/s | command wall s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def _training_md(r: dict[str, Any]) -> list[str]:
+    s = r["setup"]
+    full, head = r["full_vs_stock"], r["head_vs_stock"]
+    lines = [
+        f"Same {s['train_images']} training images of the sample dataset, backbone {s['backbone']}, "
+        f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epoch per run, {s['reps']} runs per "
+        f"trainer alternating ({', '.join(s['run_order'])}). Stock: `autotrain.trainers.image_classification` "
+        f"(albumentations in the main process, `dataloader_num_workers=0`, lr {fmt(s['stock_lr'])}); ours: "
+        "`autotrain.trainers.image_classification_custom` with its defaults, `warmup_epochs: 0` for full "
+        "fine-tuning (stage 2) and `warmup_epochs == epochs` for the head-only stage (stage 1).",
+        "",
+        *_SPEED_HEADER,
+        _speed_row("stock, full fine-tuning", r["stock"]),
+        _speed_row("ours, full fine-tuning (stage 2)", r["ours_full"]),
+        _speed_row("ours, head only (stage 1)", r["ours_head"]),
+        "",
+        f"**Full fine-tuning, ours / stock: {fmt(full['ratio_of_medians'])}x** (ratio of medians; paired "
+        f"ratios of adjacent runs {fmt(full['paired_ratios'])}, median {fmt(full['median_paired_ratio'])}x; "
+        f"target >= {CPU_TARGET_RATIO:g}x: {'met' if full['ratio_of_medians'] >= CPU_TARGET_RATIO else 'MISSED'}). "
+        f"Head-only stage, ours / stock full fine-tuning: {fmt(head['ratio_of_medians'])}x.",
+        "",
+        "images/s = images of steps 2..N / time from the end of step 1 to the end of step N, per run (data "
+        "loading, forward/backward and optimizer included; model loading, our one-off decoded-image cache "
+        "and saving excluded; they are in the command wall time, which also includes Python start-up). "
+        "The per-step columns split a step into the wait for the next batch, `training_step` "
+        "(forward+backward) and the rest (gradient clipping, optimizer, scheduler, callbacks).",
+    ]
+    return lines
+
+
+def _acc_cell(row: dict[str, Any], key: str) -> str:
+    if key not in row:
+        return "n/a"
+    v = row[key]
+    return fmt(v["mean"]) + (f" ± {fmt(v['sd'], 2)}" if len(v["values"]) > 1 else "")
+
+
+def _accuracy_md(r: dict[str, Any]) -> list[str]:
+    s = r["setup"]
+    labels = {
+        "ours_arcface": "ours, ArcFace (margin 0.5)",
+        "ours_margin0": "ours, margin 0 (normalised softmax)",
+        "stock": "stock AutoTrain trainer",
+    }
+    summ = r["summary"]
+    n_all = summ["ours_arcface"].get("all_n", "?")
+    n_ho = summ["ours_arcface"].get("herbarium_only_n", "?")
+    lines = [
+        f"Dataset: {s['dataset']} ({s['num_classes']} species, {s['train_images']} training images); scored on "
+        f"the {s['eval_images']} field photos of the `{s['eval_split']}` split, {n_ho} of them of species without "
+        f"field training photos. Backbone {s['backbone']}, {s['image_size']} px, batch {s['batch_size']}, "
+        f"{s['epochs']} epochs for every variant (ours: the first is the head-only stage), seeds "
+        f"0..{s['seeds'] - 1}, stock lr {fmt(s['stock_lr'])}. Mean ± sd over seeds.",
+        "",
+        f"| Variant | field top-1 (n={n_all}) | field top-5 | field MRR | herbarium-only species top-1 "
+        f"(n={n_ho}) | top-5 | MRR | command wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant, label in labels.items():
+        row = summ[variant]
+        cells = [_acc_cell(row, f"{g}_{m}") for g in ("all", "herbarium_only") for m in ("top1", "top5", "mrr")]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(row['median_command_wall_s'])} |")
+    lines += [
+        "",
+        "Neither trainer sees the validation split (the stock trainer raises when validation lacks a training "
+        "class, so it runs with `valid_split: null`; ours runs without validation too: no best-epoch "
+        "selection, no early stopping). All models are scored by the same evaluator "
+        "(`benchmarks/stock_harness.py:evaluate_folder`: each model's saved `ViTImageProcessor`, its logits, "
+        "`metrics.evaluation_report`).",
+    ]
+    return lines
+
+
+def _gpu_md(r: dict[str, Any]) -> list[str]:
+    if "skipped" in r:
+        return [f"**Skipped: {r['skipped']}.** No GPU figure is reported from this run."]
+    s = r["setup"]
+    lines = [
+        f"Device: {r['device']}. {s['backbone']}, {s['image_size']} px, batch {s['batch_size']}, "
+        f"{s['mixed_precision']}, optimizer {s['optimizer']}, {s['train_images']} training images (the sample's "
+        f"training split repeated), {s['epochs']} epochs, data loading from the prepared dataset included "
+        f"(ours: {s['ours_dataloader_num_workers']} workers; stock: main process). Runs: {', '.join(s['run_order'])}.",
+        "",
+        *_SPEED_HEADER,
+        _speed_row("stock, full fine-tuning", r["stock"]),
+        _speed_row("ours, full fine-tuning", r["ours_full"]),
+        "",
+        f"Ours / stock: {fmt(r['ours_vs_stock'])}x.",
+    ]
+    if "peak_tflops" in r:
+        o = r["ours_full"]
+        met = "met" if o["median_images_per_s"] >= GPU_TARGET_IMAGES_PER_S else "MISSED"
+        lines.append(
+            f"Ours: {fmt(o['achieved_tflops'])} TFLOP/s = {fmt(100 * o['fraction_of_peak'])}% of the "
+            f"{fmt(r['peak_tflops'])} TFLOP/s dense bf16 peak (105 GFLOP per training image); stock "
+            f"{fmt(100 * r['stock']['fraction_of_peak'])}%. Target >= {GPU_TARGET_IMAGES_PER_S:g} images/s: {met}."
+        )
+    if "note" in r:
+        lines.append(f"_{r['note']}_")
+    return lines
+
+
+def _summary_md(sections: dict[str, Any]) -> list[str]:
+    lines = ["| Claim | Measured | Target |", "| --- | --- | --- |"]
+    tr = sections.get("training")
+    if tr and tr["status"] == "ok":
+        r = tr["result"]
+        lines.append(
+            f"| CPU training throughput, full fine-tuning, ours / stock (same data, backbone, "
+            f"{r['setup']['image_size']} px, batch {r['setup']['batch_size']}) | "
+            f"**{fmt(r['full_vs_stock']['ratio_of_medians'])}x** ({fmt(r['ours_full']['median_images_per_s'])} vs "
+            f"{fmt(r['stock']['median_images_per_s'])} images/s) | >= {CPU_TARGET_RATIO:g}x |"
+        )
+        lines.append(
+            f"| CPU head-only stage (ours) / stock full fine-tuning | {fmt(r['head_vs_stock']['ratio_of_medians'])}x "
+            f"({fmt(r['ours_head']['median_images_per_s'])} images/s) | - |"
+        )
+    else:
+        lines.append(f"| CPU training throughput, ours / stock | {_status(tr)} | >= {CPU_TARGET_RATIO:g}x |")
+    acc = sections.get("accuracy")
+    if acc and acc["status"] == "ok":
+        summ = acc["result"]["summary"]
+        for group, label in (("all", "all field photos"), ("herbarium_only", "species without field training photos")):
+            cells = ", ".join(
+                f"{name} {_acc_cell(summ[v], f'{group}_top1')} / {_acc_cell(summ[v], f'{group}_mrr')}"
+                for v, name in (("ours_arcface", "ArcFace"), ("ours_margin0", "margin 0"), ("stock", "stock"))
+            )
+            lines.append(f"| Field top-1 / MRR, {label} | {cells} | - |")
+    else:
+        lines.append(f"| Field accuracy | {_status(acc)} | - |")
+    gpu = sections.get("gpu")
+    if gpu and gpu["status"] == "ok" and "skipped" not in gpu["result"]:
+        r = gpu["result"]
+        frac = r["ours_full"].get("fraction_of_peak")
+        extra = f", {fmt(100 * frac)}% of bf16 peak" if frac is not None else ""
+        lines.append(
+            f"| GPU ViT-B/16 bf16 training, ours ({r['device']}) | {fmt(r['ours_full']['median_images_per_s'])} "
+            f"images/s{extra}; stock {fmt(r['stock']['median_images_per_s'])} | >= {GPU_TARGET_IMAGES_PER_S:g} images/s |"
+        )
+    else:
+        text = "skipped: no CUDA device" if gpu and gpu["status"] == "ok" else _status(gpu)
+        lines.append(f"| GPU ViT-B/16 bf16 training, ours | {text} | >= {GPU_TARGET_IMAGES_PER_S:g} images/s |")
+    return lines
+
+
+def _status(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "not run"
+    return "FAILED (see below)" if entry["status"] == "failed" else "see below"
+
+
+TITLES = {
+    "data_prep": "Data preparation",
+    "training": "Training throughput (CPU)",
+    "accuracy": "Field accuracy",
+    "app": "App latency",
+    "gpu": "Training throughput (GPU)",
+}
+
+
+def render(sections: dict[str, Any], run_meta: dict[str, Any], quick: bool) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "_Rewritten by `make bench` (`python benchmarks/run_all.py`); do not edit by hand. Method and flags: "
+        "[benchmarks/README.md](benchmarks/README.md). Ratios matter more than absolute numbers: the machines "
+        "are shared and noisy, so both sides of each comparison run alternately in the same session._",
+        "",
+    ]
+    if quick:
+        lines += ["**QUICK RUN: tiny configuration for the tests; these are not benchmark figures.**", ""]
+    lines += [
+        f"Last run: {run_meta['date']}, sections {', '.join(run_meta['sections'])}, on {run_meta['machine_line']}. "
+        f"Command: `{run_meta['command']}`.",
+        "",
+        "## Summary",
+        "",
+        *_summary_md(sections),
+    ]
+    for i, name in enumerate(SECTIONS, start=1):
+        entry = sections.get(name)
+        lines += ["", f"## {i}. {TITLES[name]}", ""]
+        if entry is None:
+            lines.append("Not run yet.")
+            continue
+        lines += [_meta_line(entry), ""]
+        if entry["status"] == "failed":
+            lines += ["**FAILED** (no figures):", "", "```", entry["error"].strip()[-3000:], "```"]
+            continue
+        r = entry["result"]
+        if name == "training":
+            lines += _training_md(r)
+        elif name == "accuracy":
+            lines += _accuracy_md(r)
+        elif name == "gpu":
+            lines += _gpu_md(r)
+        else:
+            lines += _generic_table(r)
+    payload = json.dumps({"sections": sections}, indent=None, sort_keys=True, default=str)
+    payload = payload.replace("--", "-\\u002d")  # an HTML comment must not contain "--"
+    lines += ["", f"{RESULTS_MARKER}", payload, "-->", ""]
+    return "\n".join(lines)
+
+
+def load_previous(report: Path) -> dict[str, Any]:
+    """The sections embedded in an earlier report (empty when there is none or it cannot be read)."""
+    try:
+        text = report.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    start = text.rfind(RESULTS_MARKER)
+    if start < 0:
+        return {}
+    body = text[start + len(RESULTS_MARKER) :]
+    body = body[: body.rfind("-->")]
+    try:
+        return json.loads(body)["sections"]
+    except (ValueError, KeyError):
+        return {}
+
+
+# ------------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (tests); the report goes to --out")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="SECTION",
+        help=f"run only these sections (repeat or comma-separate): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument("--seeds", type=int, default=None, help=f"accuracy seeds (default {DEFAULT_SEEDS})")
+    parser.add_argument("--reps", type=int, default=None, help="throughput runs per trainer (default 3; quick 1)")
+    parser.add_argument("--epochs", type=int, default=None, help="accuracy epochs (default 3; quick 1)")
+    parser.add_argument(
+        "--stock-lr", type=float, default=DEFAULT_STOCK_LR, help="stock trainer learning rate (default %(default)g)"
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-out", help="working folder (default bench-out/)")
+    parser.add_argument("--report", type=Path, default=None, help="report file (default BENCHMARKS.md; quick: OUT/)")
+    args = parser.parse_args(argv)
+    selected: list[str] = []
+    for item in args.only or list(SECTIONS):
+        for name in item.split(","):
+            name = name.strip()
+            if name not in SECTIONS:
+                parser.error(f"--only: unknown section {name!r} (choose from {', '.join(SECTIONS)})")
+            if name not in selected:
+                selected.append(name)
+    args.sections = [s for s in SECTIONS if s in selected]
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else DEFAULT_SEEDS
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    args.out = args.out.resolve()
+    if args.report is None:
+        args.report = args.out / "BENCHMARKS.md" if args.quick else REPO_ROOT / "BENCHMARKS.md"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw_argv = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/run_all.py" + ("".join(" " + shlex.quote(a) for a in raw_argv))
+    info = machine_info()
+    run_meta = {
+        "date": now_iso(),
+        "machine": info,
+        "machine_line": machine_line(info),
+        "command": command,
+        "sections": args.sections,
+    }
+    previous = {} if args.quick else load_previous(args.report)
+    sections: dict[str, Any] = {k: v for k, v in previous.items() if k in SECTIONS and k not in args.sections}
+    failed = []
+    for name in args.sections:
+        print(f"[bench] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        meta = dict(run_meta, load_start=os.getloadavg()[0], date=now_iso())
+        try:
+            result = run_section(name, args, sections)
+            entry = {"status": "ok", "result": result}
+        except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it failed
+            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"}
+            failed.append(name)
+            print(f"[bench] {name} FAILED: {exc}", file=sys.stderr, flush=True)
+        meta["load_end"] = os.getloadavg()[0]
+        entry.update(meta=meta, seconds=time.perf_counter() - t0)
+        sections[name] = entry
+        print(f"[bench] {name} {entry['status']} in {entry['seconds']:.0f} s", flush=True)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(render(sections, run_meta, args.quick), encoding="utf-8")
+    (args.out / "results.json").write_text(json.dumps(sections, indent=1, default=str) + "\n", encoding="utf-8")
+    print(f"[bench] report: {args.report}")
+    if failed:
+        print(f"[bench] FAILED sections: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

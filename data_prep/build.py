@@ -1,0 +1,228 @@
+"""``build_dataset``: input layout -> validated, downsized ``DatasetDict`` + report + balance figure.
+
+Pipeline: discover (:mod:`layouts`) -> validate/normalise every file in worker processes
+(:mod:`validate`), streaming the encoded images into a temporary Arrow file -> drop duplicates and
+leakage, draw the stratified field validation split (:mod:`splits`) -> select the splits, save
+with ``save_to_disk`` (atomically replacing an earlier build), write ``prep_report.json`` and
+``dataset_balance.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_from_disk
+from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
+
+from data_prep.figures import save_balance_figure
+from data_prep.findings import FIXED, IGNORED, SKIPPED, Finding
+from data_prep.layouts import DOMAINS, DataPrepError, Entry, discover
+from data_prep.report import format_summary, make_report
+from data_prep.splits import VALIDATION_RULE, choose_validation, deduplicate
+from data_prep.validate import ProcessResult, process_image
+
+REPORT_NAME = "prep_report.json"
+FIGURE_NAME = "dataset_balance.png"
+
+
+class StrictModeError(DataPrepError):
+    """Raised by ``build_dataset(strict=True)`` when anything was reported; carries the report."""
+
+    def __init__(self, report: dict[str, Any]):
+        self.report = report
+        super().__init__(f"--strict: {len(report['findings'])} finding(s): {report['finding_counts']}")
+
+
+def create_features(classes: list[str]) -> Features:
+    """The dataset schema shared by every stage (see docs/CONTRACTS.md)."""
+    return Features(
+        {
+            "image": Image(),
+            "label": ClassLabel(names=list(classes)),
+            "domain": ClassLabel(names=list(DOMAINS)),
+            "path": Value("string"),
+        }
+    )
+
+
+def default_num_proc() -> int:
+    """Worker processes used when ``num_proc`` is not given: the CPU count, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _process_all(files: list[str], num_proc: int, progress: bool, **kwargs: Any):
+    work = functools.partial(process_image, **kwargs)
+    bar = functools.partial(tqdm, total=len(files), desc="validating images", unit="img", disable=not progress)
+    if num_proc <= 1 or len(files) < 2 * num_proc:
+        yield from bar(map(work, files))
+        return
+    chunksize = max(1, min(16, len(files) // (num_proc * 8)))
+    with ProcessPoolExecutor(max_workers=num_proc) as pool:
+        yield from bar(pool.map(work, files, chunksize=chunksize))
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / "dataset_dict.json").is_file():
+        raise DataPrepError(f"output folder {out} exists and does not hold an earlier build; choose another --out")
+
+
+def build_dataset(
+    source: str | Path,
+    out: str | Path | None = None,
+    layout: str = "auto",
+    *,
+    val_fraction: float = 0.2,
+    max_side: int = 1024,
+    min_side: int = 32,
+    quality: int = 90,
+    num_proc: int | None = None,
+    seed: int = 0,
+    strict: bool = False,
+    progress: bool = True,
+) -> tuple[DatasetDict, dict[str, Any]]:
+    """Build the project's ``DatasetDict`` from a folder tree, PlantCLEF list files or a CSV.
+
+    Args:
+        source: input root (folder) or CSV file.
+        out: where to ``save_to_disk`` (plus ``prep_report.json`` and ``dataset_balance.png``);
+            ``None`` keeps everything in memory and writes nothing. An earlier build there is replaced.
+        layout: ``"auto"``, ``"folders"``, ``"plantclef"`` or ``"csv"`` (see :mod:`data_prep.layouts`).
+        val_fraction: share of each species' field photos drawn for validation (see ``VALIDATION_RULE``).
+        max_side: longer side after downsizing (0: keep sizes).
+        min_side: shorter side below which an image is skipped as ``too_small``.
+        quality: JPEG quality of re-encoded images.
+        num_proc: worker processes for decoding (default: :func:`default_num_proc`).
+        seed: seed of the validation draw.
+        strict: raise :class:`StrictModeError` (after writing the dataset and report) if anything
+            was reported.
+        progress: show tqdm bars.
+
+    Returns:
+        ``(dataset_dict, report)``; the dataset is the saved one (memory-mapped) when ``out`` is given.
+
+    Raises:
+        DataPrepError: missing input, unknown layout, no images at all, or an ``out`` that holds
+            something else.
+    """
+    start = time.perf_counter()
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        _check_out(out_path)
+    disc = discover(source, layout)
+    if not disc.entries:
+        raise DataPrepError(f"no image files found in {disc.root} ({disc.layout} layout)")
+    classes = disc.classes
+    label_id = {c: i for i, c in enumerate(classes)}
+    features = create_features(classes)
+    findings: list[Finding] = list(disc.findings)
+    settings = {"val_fraction": val_fraction, "max_side": max_side, "min_side": min_side, "quality": quality, "seed": seed}
+    num_proc = num_proc or default_num_proc()
+
+    tmp_parent = out_path.parent if out_path is not None else None
+    if tmp_parent is not None:
+        tmp_parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=tmp_parent))
+    try:
+        kept: list[Entry] = []
+        digests: list[str] = []
+        stats = {"files": len(disc.entries), "resized": 0, "stored_original": 0, "reencoded": 0}
+        with ArrowWriter(features=features, path=str(tmp / "all.arrow")) as writer:
+            files = [str(e.file) for e in disc.entries]
+            results = _process_all(files, num_proc, progress, max_side=max_side, min_side=min_side, quality=quality)
+            for entry, res in zip(disc.entries, results):
+                if _collect(entry, res, findings, stats):
+                    record = {"image": {"bytes": res.image_bytes, "path": None}, "label": label_id[entry.label]}
+                    record |= {"domain": DOMAINS.index(entry.domain), "path": entry.rel}
+                    writer.write(features.encode_example(record))
+                    kept.append(entry)
+                    digests.append(res.digest or "")
+            writer.finalize()
+        keep, dup_findings = deduplicate(kept, digests)
+        findings += dup_findings
+        unique = [(i, e) for i, e in enumerate(kept) if keep[i]]
+        in_val = choose_validation([e for _, e in unique], val_fraction, seed)
+        split_idx: dict[str, list[int]] = {"train": [], "validation": []}
+        if any(e.split == "test" for e in disc.entries):
+            split_idx["test"] = []
+        for (i, e), val in zip(unique, in_val):
+            split_idx["test" if e.split == "test" else ("validation" if val else "train")].append(i)
+        with_images = {e.label for _, e in unique}
+        findings += [Finding(c, "class_without_images", IGNORED, "every file skipped") for c in classes if c not in with_images]
+
+        all_rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out_path is None)
+        dsd = DatasetDict({name: all_rows.select(idx) for name, idx in split_idx.items()})
+        rows = {name: [(kept[i].label, kept[i].domain) for i in idx] for name, idx in split_idx.items()}
+        seconds = time.perf_counter() - start
+        stats |= {"seconds": round(seconds, 3), "images_per_s": round(len(disc.entries) / seconds, 1)}
+        stats["ignored_system_files"] = disc.ignored_files
+        report = make_report(
+            source=str(disc.root),
+            layout=disc.layout,
+            out=str(out_path) if out_path is not None else None,
+            classes=classes,
+            rows=rows,
+            findings=findings,
+            settings=settings,
+            stats=stats,
+            validation_rule=VALIDATION_RULE,
+        )
+        if out_path is not None:
+            dsd = _save(dsd, out_path, tmp, report, progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if strict and report["findings"]:
+        raise StrictModeError(report)
+    return dsd, report
+
+
+def _collect(entry: Entry, res: ProcessResult, findings: list[Finding], stats: dict[str, Any]) -> bool:
+    """Record the findings of one processed file; True when it is kept."""
+    if res.skip is not None:
+        findings.append(Finding(entry.rel, res.skip[0], SKIPPED, res.skip[1]))
+        return False
+    findings.extend(Finding(entry.rel, reason, FIXED, detail) for reason, detail in res.fixes)
+    stats["resized"] += int(res.resized)
+    stats["reencoded" if res.reencoded else "stored_original"] += 1
+    return True
+
+
+@contextlib.contextmanager
+def _datasets_bars(enabled: bool) -> Iterator[None]:
+    """Silence the ``datasets`` progress bars inside the block when ``enabled`` is False."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    if not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            datasets.enable_progress_bars()
+
+
+def _save(dsd: DatasetDict, out: Path, tmp: Path, report: dict[str, Any], progress: bool) -> DatasetDict:
+    """Write dataset, report and figure into a fresh folder, then swap it in for ``out``."""
+    staging = tmp / "out"
+    with _datasets_bars(progress):
+        dsd.save_to_disk(str(staging))
+    (staging / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    save_balance_figure(report["per_class"], staging / FIGURE_NAME)
+    if out.exists():
+        _check_out(out)
+        shutil.rmtree(out)
+    shutil.move(str(staging), str(out))
+    return load_from_disk(str(out))
+
+
+__all__ = ["StrictModeError", "build_dataset", "create_features", "format_summary"]

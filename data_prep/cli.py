@@ -1,0 +1,142 @@
+"""Command line: ``python -m data_prep {sample,build} ...`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from data_prep.layouts import LAYOUTS, DataPrepError
+
+DEFAULT_PROJECT = "herbarium-arcface"
+
+LAYOUT_HELP = """\
+input layouts (auto-detected, or --layout):
+  folders    ROOT/herbarium/<species>/*   herbarium sheets
+             ROOT/field/<species>/*       field photos ("photo/" is a synonym)
+             ROOT/test/<species>/*        optional: fixed field test set
+             species name = folder name; sub-folders inside a species folder are included
+  plantclef  ROOT/list/train.txt          "relative/path class_id" per line; the domain is the
+                                          path's herbarium/ or photo/ folder
+             ROOT/list/groundtruth.txt    "relative/path class_id": the test set
+             ROOT/list/test.txt           test paths (used when groundtruth.txt is missing)
+             ROOT/list/species_list.txt   "class_id; species name" (else the id is the name)
+  csv        a CSV (or a folder with one) with columns path,label,domain[,split];
+             paths relative to the CSV; domain herbarium|field|photo; split train|test
+
+output: a DatasetDict (train, validation, optional test; features image, label, domain, path)
+saved with save_to_disk to --out, plus prep_report.json and dataset_balance.png.
+validation = field photos only, stratified per species; species with 0 or 1 field photo keep
+them in train. Bad files are skipped or fixed and reported, never silently.
+exit codes: 0 ok, 1 --strict and something was reported, 2 bad input (message names the file).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Herbarium + field images -> validated Hugging Face DatasetDict (and an embedded sample).",
+        epilog=LAYOUT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "sample",
+        help="write the embedded synthetic herbarium + field dataset (folders layout)",
+        description="Write a small, seeded, synthetic herbarium + field dataset in the folders layout.",
+    )
+    s.add_argument("--out", required=True, type=Path, help="target folder")
+    s.add_argument("--seed", type=int, default=0, help="same seed -> identical files (default 0)")
+    s.add_argument("--n-species", type=int, default=20, help="number of species (default 20)")
+    s.add_argument("--n-herbarium", type=int, default=16, help="herbarium sheets per species, on average (default 16)")
+    s.add_argument("--n-field", type=int, default=5, help="field training photos per species that has them, on average (default 5)")
+    s.add_argument("--n-test", type=int, default=6, help="field test photos per species (default 6)")
+    s.add_argument("--no-field-every", type=int, default=4, help="every k-th species has no field training photos (default 4; 0: none)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not an earlier sample")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    b = sub.add_parser(
+        "build",
+        help="build, validate and save the DatasetDict",
+        description="Build the DatasetDict from SOURCE.",
+        epilog=LAYOUT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("source", type=Path, help="input folder, or a CSV file")
+    b.add_argument("--out", type=Path, default=None, help="output folder (default: <project-name>/autotrain-data)")
+    b.add_argument("--project-name", default=DEFAULT_PROJECT, help=f"AutoTrain project name (default {DEFAULT_PROJECT})")
+    b.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default auto)")
+    b.add_argument("--val-fraction", type=float, default=0.2, help="share of each species' field photos for validation (default 0.2)")
+    b.add_argument("--max-side", type=int, default=1024, help="downsize longer sides above this (default 1024; 0: never)")
+    b.add_argument("--min-side", type=int, default=32, help="skip images whose shorter side is below this (default 32)")
+    b.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
+    b.add_argument("--num-proc", type=int, default=None, help="decoding processes (default: CPU count, at most 8)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
+    b.add_argument("--strict", action="store_true", help="exit 1 if anything was skipped or fixed (same report)")
+    b.add_argument("--push-to-hub", metavar="REPO", default=None, help="push to this Hub dataset repo (token: HF_TOKEN or huggingface-cli login)")
+    b.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from data_prep.sample import generate_sample
+
+    out = generate_sample(
+        args.out,
+        seed=args.seed,
+        n_species=args.n_species,
+        n_herbarium=args.n_herbarium,
+        n_field=args.n_field,
+        n_test=args.n_test,
+        no_field_every=args.no_field_every,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    n = sum(1 for p in out.rglob("*.jpg"))
+    print(f"wrote {n} images to {out}")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from data_prep.build import FIGURE_NAME, StrictModeError, build_dataset
+    from data_prep.report import format_summary
+
+    out = args.out or Path(args.project_name) / "autotrain-data"
+    try:
+        dsd, report = build_dataset(
+            args.source,
+            out,
+            args.layout,
+            val_fraction=args.val_fraction,
+            max_side=args.max_side,
+            min_side=args.min_side,
+            quality=args.quality,
+            num_proc=args.num_proc,
+            seed=args.seed,
+            strict=args.strict,
+            progress=not args.quiet,
+        )
+    except StrictModeError as exc:
+        print(format_summary(exc.report))
+        print(f"error: {exc} (report: {out}/prep_report.json)", file=sys.stderr)
+        return 1
+    print(format_summary(report))
+    if args.push_to_hub:
+        from data_prep.hub import push_dataset
+
+        url = push_dataset(dsd, args.push_to_hub, report, out / FIGURE_NAME, private=not args.public)
+        print(f"pushed to {url} ({'public' if args.public else 'private'})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 with a one-line message for bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _sample(args) if args.command == "sample" else _build(args)
+    except (DataPrepError, FileExistsError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

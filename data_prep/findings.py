@@ -1,0 +1,61 @@
+"""What the builder reports: one :class:`Finding` per problem, with a reason code from :data:`REASONS`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SKIPPED = "skipped"
+FIXED = "fixed"
+IGNORED = "ignored"
+
+#: reason code -> one-line explanation (also printed in the README and the console summary).
+REASONS: dict[str, str] = {
+    # the file is left out of the dataset
+    "zero_byte": "empty file (0 bytes)",
+    "unreadable": "the file could not be read (permissions or I/O error)",
+    "not_an_image": "not an image (Pillow cannot identify it and it has no image extension or signature)",
+    "corrupt": "an image file whose data Pillow cannot decode",
+    "truncated": "image data ends early (truncated download or copy)",
+    "decompression_bomb": "more pixels than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)",
+    "too_small": "shorter side below --min-side",
+    "duplicate": "exact duplicate (same content hash) of a file already kept",
+    "leakage": "same content as a test image; the training copy is dropped",
+    "unknown_class_id": "a list-file line names a class id that is not in species_list.txt",
+    "unknown_domain": "the domain cannot be told (no herbarium/photo/field folder in the path, or a bad CSV value)",
+    "missing_file": "a list file or CSV names a file that does not exist",
+    "malformed_line": "a list-file line or CSV row that cannot be parsed",
+    "unlabelled_test": "a test image with no class in groundtruth.txt",
+    "outside_class_folder": "a file directly in a domain folder, not inside a <species> folder",
+    "unreadable_folder": "a folder that cannot be listed; its files are missing from the dataset",
+    # the file is kept after a fix
+    "exif_orientation": "EXIF orientation applied to the pixels",
+    "converted_mode": "converted to 8-bit RGB (CMYK, 16-bit, palette, grayscale or alpha)",
+    "multi_frame": "animated / multi-page file: the first frame is kept",
+    # nothing lost, but worth knowing
+    "empty_folder": "a species folder with no files",
+    "class_without_images": "a class whose every file was skipped: it keeps its label but has no images",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One reported problem.
+
+    Attributes:
+        path: path relative to the input root (or the root itself, ``"."``).
+        reason: a key of :data:`REASONS`.
+        action: ``"skipped"`` (left out), ``"fixed"`` (kept after a fix) or ``"ignored"`` (nothing to keep).
+        detail: free text, e.g. the Pillow error or the other file of a duplicate pair.
+    """
+
+    path: str
+    reason: str
+    action: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        tail = f" ({self.detail})" if self.detail else ""
+        return f"{self.path}: {self.reason} [{self.action}]{tail}"

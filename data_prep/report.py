@@ -1,0 +1,121 @@
+"""The build report (``prep_report.json``) and its short console summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from data_prep.findings import FIXED, REASONS, SKIPPED, Finding
+
+SPLITS = ("train", "validation", "test")
+
+
+def per_class_counts(classes: list[str], rows: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, int]]:
+    """``{class: {train_herbarium, train_field, validation, test}}`` from ``{split: [(label, domain)]}``."""
+    counts = {c: {"train_herbarium": 0, "train_field": 0, "validation": 0, "test": 0} for c in classes}
+    for split, pairs in rows.items():
+        for label, domain in pairs:
+            key = f"train_{domain}" if split == "train" else split
+            counts[label][key] += 1
+    return counts
+
+
+def balance_figures(per_class: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Imbalance summary of the training pool (train + validation): share of field photos, max/min ratio."""
+    totals = {c: v["train_herbarium"] + v["train_field"] + v["validation"] for c, v in per_class.items()}
+    herbarium = sum(v["train_herbarium"] for v in per_class.values())
+    field = sum(v["train_field"] + v["validation"] for v in per_class.values())
+    nonzero = [t for t in totals.values() if t > 0]
+    return {
+        "herbarium_images": herbarium,
+        "field_images": field,
+        "field_share": round(field / (herbarium + field), 4) if herbarium + field else 0.0,
+        "largest_class": max(nonzero, default=0),
+        "smallest_class": min(nonzero, default=0),
+        "imbalance_ratio": round(max(nonzero) / min(nonzero), 2) if nonzero else 0.0,
+    }
+
+
+def make_report(
+    *,
+    source: str,
+    layout: str,
+    out: str | None,
+    classes: list[str],
+    rows: dict[str, list[tuple[str, str]]],
+    findings: list[Finding],
+    settings: dict[str, Any],
+    stats: dict[str, Any],
+    validation_rule: str,
+) -> dict[str, Any]:
+    """Assemble the JSON-serialisable report written to ``<out>/prep_report.json``."""
+    per_class = per_class_counts(classes, rows)
+    counts = {
+        split: dict(Counter(domain for _, domain in rows[split]) | {"total": len(rows[split])})
+        for split in SPLITS
+        if split in rows
+    }
+    return {
+        "source": source,
+        "layout": layout,
+        "out": out,
+        "settings": settings,
+        "classes": classes,
+        "num_classes": len(classes),
+        "splits": counts,
+        "per_class": per_class,
+        "classes_without_field_training_images": [
+            c for c, v in per_class.items() if v["train_field"] + v["validation"] == 0
+        ],
+        "balance": balance_figures(per_class),
+        "validation_rule": validation_rule,
+        "findings": [f.to_dict() for f in findings],
+        "finding_counts": dict(sorted(Counter(f.reason for f in findings).items())),
+        "skipped": sum(f.action == SKIPPED for f in findings),
+        "fixed": sum(f.action == FIXED for f in findings),
+        "stats": stats,
+    }
+
+
+def format_summary(report: dict[str, Any], max_fixed: int = 10) -> str:
+    """Short human summary: split and per-class counts, classes without field images, every skipped file."""
+    lines = [
+        f"{report['num_classes']} classes, layout {report['layout']}: {report['source']}"
+        + (f" -> {report['out']}" if report["out"] else "")
+    ]
+    lines.append(f"{'split':<12}{'herbarium':>10}{'field':>8}{'total':>8}")
+    for split, c in report["splits"].items():
+        lines.append(f"{split:<12}{c.get('herbarium', 0):>10}{c.get('field', 0):>8}{c['total']:>8}")
+    width = max([len(c) for c in report["classes"]] + [5]) + 2
+    lines.append("")
+    lines.append(f"{'class':<{width}}{'herb':>6}{'field':>7}{'val':>6}{'test':>6}")
+    for name, v in report["per_class"].items():
+        lines.append(
+            f"{name:<{width}}{v['train_herbarium']:>6}{v['train_field']:>7}{v['validation']:>6}{v['test']:>6}"
+        )
+    missing = report["classes_without_field_training_images"]
+    lines.append("")
+    lines.append(f"classes without field training images ({len(missing)}): {', '.join(missing) or '-'}")
+    b = report["balance"]
+    lines.append(
+        f"balance: field share {b['field_share']:.1%}, class sizes {b['smallest_class']}..{b['largest_class']}"
+        f" (ratio {b['imbalance_ratio']})"
+    )
+    skipped = [f for f in report["findings"] if f["action"] == SKIPPED]
+    lines.append(f"skipped ({len(skipped)}):")
+    for f in skipped:
+        lines.append(f"  {f['path']}: {f['reason']}" + (f" ({f['detail']})" if f["detail"] else ""))
+    fixed = [f for f in report["findings"] if f["action"] == FIXED]
+    lines.append(f"fixed ({len(fixed)}):" + (f" first {max_fixed} shown, all in prep_report.json" if len(fixed) > max_fixed else ""))
+    for f in fixed[:max_fixed]:
+        lines.append(f"  {f['path']}: {f['reason']} ({f['detail']})")
+    other = [f for f in report["findings"] if f["action"] not in (SKIPPED, FIXED)]
+    for f in other:
+        lines.append(f"note: {f['path']}: {f['reason']} - {REASONS.get(f['reason'], '')}")
+    stats = report["stats"]
+    if stats.get("images_per_s"):
+        lines.append(
+            f"{stats['files']} files in {stats['seconds']:.1f} s ({stats['images_per_s']:.0f} img/s); "
+            f"{stats['resized']} downsized, {stats['stored_original']} stored as original bytes"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,404 @@
+"""Gradio app: photograph a plant, get ranked species, the nearest reference specimens and a t-SNE map.
+
+Run ``python inference_app/app.py`` (after training the README's default model into
+``herbarium-arcface/``) or ``python inference_app/app.py --model user/repo --reference DATA``.
+``--help`` lists every option; on a Hugging Face Space the options come from environment variables
+(``MODEL_ID``, ``REFERENCE``, ``TAXONOMY``, ``THRESHOLD``, ...).
+
+UI code only: loading, prediction, retrieval and the map live in ``predictor.py``, ``reference.py``,
+``tsne_map.py`` and ``identification.py``. ``build_demo`` builds the UI and is what tests import;
+nothing launches unless the file is run as a script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python inference_app/app.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gradio as gr
+import numpy as np
+from gradio.components.plot import PlotData
+
+from inference_app.identification import COMBINE_METHODS, Identification, identify, softmax
+from inference_app.images import InvalidImageError, load_image
+from inference_app.predictor import DEFAULT_MODEL, ModelNotFoundError, Predictor
+from inference_app.reference import ReferenceIndex, ReferenceSetError, default_cache_dir, load_reference_set
+from inference_app.taxonomy import Taxonomy, TaxonomyError
+from inference_app.tsne_map import TSNEMap
+
+logger = logging.getLogger("inference_app")
+
+MAX_PHOTOS = 8
+NO_MAP_TEXT = (
+    "No reference set, so there is no map. Start the app with `--reference DATA`, where DATA is the "
+    "dataset written by `data_prep` (for example `herbarium-arcface/autotrain-data`), a folder "
+    "`DATA/<species>/*.jpg` or `DATA/{herbarium,field}/<species>/*.jpg`, or a Hub dataset id. "
+    "The map is computed once and cached."
+)
+NO_REFERENCE_TEXT = "No reference set loaded: start the app with `--reference DATA` to see the nearest specimens."
+INTRO = (
+    "Upload one or several photos **of the same plant** (leaf, flower, fruit, bark). The model ranks "
+    "the species it knows, says when it is not confident, and shows the reference specimens "
+    "(herbarium sheets and field photos) that look most alike."
+)
+
+
+@dataclass
+class AppSettings:
+    """What the UI shows and how answers are formed."""
+
+    top_k: int = 5
+    threshold: float = 0.5
+    n_neighbours: int = 6
+    combine: str = "mean_prob"
+    title: str = "Herbarium-to-field plant identification"
+    examples: list[Path] = field(default_factory=list)
+
+
+class MapRenderer:
+    """Plotly JSON for the reference map, with the base traces serialised once (5,000 points ~ 1 MB)."""
+
+    def __init__(self, tsne_map: TSNEMap, index: ReferenceIndex):
+        self.tsne_map = tsne_map
+        reference = index.reference
+        base = tsne_map.figure(reference.species, reference.domain, reference.ids)
+        figure = json.loads(base.to_json())
+        self._traces = ",".join(json.dumps(trace) for trace in figure["data"])
+        self._layout = json.dumps(figure["layout"])
+        self.base = PlotData(type="plotly", plot=self.render())
+
+    def render(self, coords: np.ndarray | None = None, names: Sequence[str] = ()) -> str:
+        traces = self._traces
+        if coords is not None and len(coords):
+            query = self.tsne_map.figure([], [], query_coords=coords, query_names=list(names)).to_plotly_json()
+            query_trace = query["data"][-1]
+            query_trace["x"], query_trace["y"] = coords[:, 0].tolist(), coords[:, 1].tolist()
+            traces += "," + json.dumps(query_trace, default=lambda v: v.tolist())
+        return f'{{"data":[{traces}],"layout":{self._layout}}}'
+
+    def place(self, embeddings: np.ndarray) -> PlotData:
+        coords = self.tsne_map.place(embeddings)
+        names = [f"your photo {i + 1}" for i in range(len(coords))] if len(coords) > 1 else ["your photo"]
+        return PlotData(type="plotly", plot=self.render(coords, names))
+
+
+def _label_value(ranked: Sequence[tuple[str, float]]) -> dict[str, float] | None:
+    return {name: float(p) for name, p in ranked} if ranked else None
+
+
+def _photo_paths(photos) -> list[str]:
+    """Gallery input (list of (path, caption)), or plain paths from API callers."""
+    if not photos:
+        return []
+    paths = []
+    for item in photos:
+        if isinstance(item, tuple | list):
+            item = item[0]
+        if isinstance(item, dict):
+            item = item.get("path") or (item.get("image") or {}).get("path")
+        if item:
+            paths.append(str(item))
+    return paths
+
+
+def analyse_photos(
+    predictor: Predictor,
+    photos: Sequence[str],
+    settings: AppSettings,
+    taxonomy: Taxonomy | None = None,
+) -> tuple[Identification, np.ndarray]:
+    """Identify one plant from its photos: the answer, and the embeddings of the usable photos.
+
+    Raises:
+        gr.Error: no photo given, too many photos, or none of them is a usable image (with the reason).
+    """
+    if not photos:
+        raise gr.Error("Upload one or more photos of the plant first.", print_exception=False)
+    if len(photos) > MAX_PHOTOS:
+        raise gr.Error(f"At most {MAX_PHOTOS} photos of one plant at a time (got {len(photos)}).")
+    images, skipped = [], []
+    for number, photo in enumerate(photos, start=1):
+        try:
+            images.append(load_image(photo))
+        except InvalidImageError as error:
+            skipped.append(f"photo {number}: {error}" if len(photos) > 1 else str(error))
+    if not images:
+        raise gr.Error("Cannot use this upload: " + "; ".join(skipped), print_exception=False)
+    embeddings, logits = predictor.embed_and_logits(images)
+    result = identify(
+        softmax(logits),
+        predictor.labels,
+        k=settings.top_k,
+        threshold=settings.threshold,
+        taxonomy=taxonomy,
+        combine=settings.combine,  # type: ignore[arg-type]
+        skipped=skipped,
+    )
+    return result, embeddings
+
+
+def build_demo(
+    predictor: Predictor,
+    index: ReferenceIndex | None = None,
+    tsne_map: TSNEMap | None = None,
+    taxonomy: Taxonomy | None = None,
+    settings: AppSettings | None = None,
+) -> gr.Blocks:
+    """The Gradio UI around a loaded predictor (and optional reference index, map and taxonomy).
+
+    Events and their API names: ``/identify`` (photos -> status, species, genus, family,
+    neighbours), then ``/place_on_map`` (the same photos on the t-SNE map); ``/reference_map`` on
+    page load.
+    """
+    settings = settings or AppSettings()
+    renderer = MapRenderer(tsne_map, index) if (tsne_map is not None and index is not None) else None
+
+    @lru_cache(maxsize=512)
+    def thumbnail(i: int):
+        return index.thumbnail(i)
+
+    def predict(photos):
+        """Photos of one plant -> status text, top-k species, genus, family, neighbours, embeddings."""
+        result, embeddings = analyse_photos(predictor, _photo_paths(photos), settings, taxonomy)
+        neighbours = []
+        if index is not None:
+            plant = embeddings.mean(axis=0)
+            for n in index.neighbours(plant, settings.n_neighbours):
+                caption = f"{n.species} · {n.domain} · similarity {n.similarity:.2f}"
+                neighbours.append((thumbnail(n.index), caption))
+        return (
+            result.summary_markdown(),
+            _label_value(result.species),
+            _label_value(result.genus),
+            _label_value(result.family),
+            neighbours,
+            embeddings,
+        )
+
+    def place_on_map(embeddings):
+        """The reference map with the last identified photos placed on it (stars)."""
+        if renderer is None:
+            return None
+        if embeddings is None or len(embeddings) == 0:
+            return renderer.base
+        return renderer.place(np.asarray(embeddings))
+
+    def reference_map():
+        return renderer.base if renderer is not None else None
+
+    n_ref = f"{len(index)} reference images" if index is not None else "no reference set"
+    with gr.Blocks(title=settings.title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {settings.title}\n{INTRO}")
+        gr.Markdown(
+            f"Model: `{predictor.model_dir.name if predictor.model_dir else 'in memory'}` · "
+            f"{predictor.num_classes} species · {n_ref} · confidence threshold {settings.threshold:.0%}"
+            + (f" · taxonomy: {taxonomy.source}" if taxonomy else ""),
+            elem_id="model-info",
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                photos = gr.Gallery(
+                    label=f"Photos of one plant (up to {MAX_PHOTOS})",
+                    type="filepath",
+                    file_types=["image"],
+                    interactive=True,
+                    columns=3,
+                    height=300,
+                    elem_id="photos",
+                )
+                button = gr.Button("Identify", variant="primary", elem_id="identify")
+                if settings.examples:
+                    gr.Examples(
+                        examples=[[[str(path)]] for path in settings.examples],
+                        inputs=[photos],
+                        label="Examples from the reference set",
+                    )
+            with gr.Column(scale=1):
+                status = gr.Markdown("Upload photos and press **Identify**.", elem_id="status")
+                species = gr.Label(num_top_classes=settings.top_k, label="Species", elem_id="species")
+                genus = gr.Label(
+                    num_top_classes=settings.top_k, label="Genus", visible=taxonomy is not None, elem_id="genus"
+                )
+                family = gr.Label(
+                    num_top_classes=settings.top_k,
+                    label="Family",
+                    visible=taxonomy is not None and taxonomy.has_family,
+                    elem_id="family",
+                )
+        with gr.Tabs():
+            with gr.Tab("Nearest reference specimens"):
+                if index is None:
+                    gr.Markdown(NO_REFERENCE_TEXT)
+                neighbours = gr.Gallery(
+                    label="Most similar reference specimens (cosine similarity of embeddings)",
+                    columns=settings.n_neighbours,
+                    height=320,
+                    format="jpeg",
+                    interactive=False,
+                    visible=index is not None,
+                    elem_id="neighbours",
+                )
+            with gr.Tab("t-SNE map"):
+                if renderer is None:
+                    gr.Markdown(NO_MAP_TEXT, elem_id="no-map")
+                plot = gr.Plot(label="Reference embeddings (t-SNE)", visible=renderer is not None, elem_id="map")
+        embeddings_state = gr.State(None)
+
+        event = button.click(
+            predict,
+            inputs=[photos],
+            outputs=[status, species, genus, family, neighbours, embeddings_state],
+            api_name="identify",
+        )
+        event.success(place_on_map, inputs=[embeddings_state], outputs=[plot], api_name="place_on_map")
+        demo.load(reference_map, outputs=[plot], api_name="reference_map")
+    return demo
+
+
+def _env(name: str, default=None):
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python inference_app/app.py",
+        description="Identify plants from field photos with a trained herbarium-to-field ArcFace model.",
+    )
+    parser.add_argument(
+        "--model",
+        default=_env("MODEL_ID", DEFAULT_MODEL),
+        help="model folder or Hub repo id (env MODEL_ID; default: %(default)s, the README's default run)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=_env("REFERENCE"),
+        help="reference set: data_prep dataset folder, image folder or Hub dataset id (env REFERENCE; "
+        "default: <model>/autotrain-data when present)",
+    )
+    parser.add_argument("--reference-split", default=_env("REFERENCE_SPLIT"), help="use only this split")
+    parser.add_argument("--no-reference", action="store_true", help="do not load any reference set")
+    parser.add_argument("--no-map", action="store_true", help="skip the t-SNE map")
+    parser.add_argument("--taxonomy", default=_env("TAXONOMY"), help="CSV with columns species,genus[,family]")
+    parser.add_argument(
+        "--genus-from-name",
+        action="store_true",
+        default=_env("GENUS_FROM_NAME", "0") in ("1", "true", "True"),
+        help="take the genus as the first word of binomial species names (fills gaps in --taxonomy)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=float(_env("THRESHOLD", 0.5)),
+        help="below this probability the answer is 'uncertain' (default %(default)s)",
+    )
+    parser.add_argument("--top-k", type=int, default=int(_env("TOP_K", 5)), help="species shown (default %(default)s)")
+    parser.add_argument("--neighbours", type=int, default=6, help="reference specimens shown (default %(default)s)")
+    parser.add_argument(
+        "--combine",
+        choices=COMBINE_METHODS,
+        default=_env("COMBINE", "mean_prob"),
+        help="how several photos are combined: mean of probabilities (robust to one bad photo, default) "
+        "or mean of log-probabilities (independent evidence)",
+    )
+    parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "127.0.0.1"), help="default %(default)s")
+    parser.add_argument("--port", type=int, default=int(_env("PORT", _env("GRADIO_SERVER_PORT", 7860))))
+    parser.add_argument("--max-file-size", default="25mb", help="largest upload accepted (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default %(default)s)")
+    parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--cache-dir", default=None, help="where reference embeddings and the map are cached")
+    return parser.parse_args(argv)
+
+
+def load_components(args: argparse.Namespace):
+    """Load the model, reference index, map and taxonomy that ``args`` asks for (with progress logs)."""
+    predictor = Predictor.from_pretrained(args.model, device=args.device, num_threads=args.threads)
+    taxonomy = None
+    if args.taxonomy:
+        taxonomy = Taxonomy.from_csv(args.taxonomy)
+        if args.genus_from_name:
+            taxonomy = taxonomy.with_names_as_fallback(predictor.labels)
+        taxonomy.check(predictor.labels)
+    elif args.genus_from_name:
+        taxonomy = Taxonomy.from_species_names(predictor.labels)
+        taxonomy.check(predictor.labels)
+
+    reference_source = args.reference
+    if reference_source is None and not args.no_reference and predictor.model_dir is not None:
+        default = predictor.model_dir / "autotrain-data"
+        if default.is_dir():
+            reference_source = str(default)
+    index = tsne_map = None
+    examples: list[Path] = []
+    if reference_source and not args.no_reference:
+        reference = load_reference_set(reference_source, split=args.reference_split)
+        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir(predictor.model_dir, predictor.from_hub)
+        logger.info("reference set %s: %d images", reference.source, len(reference))
+        index = ReferenceIndex.build(predictor, reference, cache_dir=cache_dir)
+        key = ReferenceIndex.cache_key(predictor.model_hash, reference)
+        examples = index.example_files(cache_dir / f"examples-{key}")
+        if not args.no_map and len(index) >= 4:
+            tsne_map = TSNEMap.load_or_fit(index.embeddings, cache_dir)
+            tsne_map.prepare()
+    return predictor, index, tsne_map, taxonomy, examples
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load everything once, launch the server. Returns an exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        predictor, index, tsne_map, taxonomy, examples = load_components(args)
+    except (ModelNotFoundError, ReferenceSetError, TaxonomyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = AppSettings(
+        top_k=args.top_k,
+        threshold=args.threshold,
+        n_neighbours=args.neighbours,
+        combine=args.combine,
+        examples=examples,
+    )
+    demo = build_demo(predictor, index, tsne_map, taxonomy, settings)
+    launch(demo, args.host, args.port, args.max_file_size, args.concurrency, args.queue_size)
+    return 0
+
+
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    max_file_size: str | int = "25mb",
+    concurrency: int = 2,
+    queue_size: int = 64,
+    **kwargs,
+):
+    """Queue (bounded concurrency and waiting room) and serve; no extra file paths are served."""
+    demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=max_file_size,
+        allowed_paths=[],
+        ssr_mode=False,
+        show_error=False,
+        footer_links=["api"],
+        **kwargs,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

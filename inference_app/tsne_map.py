@@ -1,0 +1,255 @@
+"""A t-SNE map of the reference embeddings, fitted once (cached), with new photos placed into it.
+
+The map is fitted with openTSNE on cosine distances. A query photo is *placed* into the existing map
+(``TSNEEmbedding.transform``: start at the median of its nearest reference points, then a short
+optimisation against the fixed reference points) rather than refitting: the map stays stable and
+placement takes milliseconds. Only the 2-D coordinates are cached (``.npz``, no pickle); the
+nearest-neighbour affinities needed for placement are rebuilt from the embeddings on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DOMAIN_SYMBOLS = {"herbarium": "circle", "field": "diamond", "unknown": "square"}
+QUERY_SYMBOL = "star"
+
+
+def _perplexity(n: int, perplexity: float) -> float:
+    """openTSNE needs 3 * perplexity < n; small reference sets get a smaller perplexity."""
+    return float(max(1.0, min(perplexity, (n - 1) / 3.0)))
+
+
+class TSNEMap:
+    """2-D t-SNE coordinates of reference embeddings, able to place new points.
+
+    Args:
+        embeddings: ``(N, D)`` reference embeddings (unit length).
+        coords: ``(N, 2)`` their map coordinates.
+        perplexity: perplexity used for the fit (and the affinities rebuilt for placement).
+        n_jobs: threads for openTSNE.
+        random_state: seed.
+        from_cache: whether ``coords`` came from the cache.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        coords: np.ndarray,
+        perplexity: float = 30.0,
+        n_jobs: int = 1,
+        random_state: int = 0,
+        from_cache: bool = False,
+    ):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.coords = np.ascontiguousarray(coords, dtype=np.float64)
+        self.perplexity = _perplexity(len(embeddings), perplexity)
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.from_cache = from_cache
+        self._embedding = None  # openTSNE.TSNEEmbedding, built lazily for placement
+
+    @classmethod
+    def fit(
+        cls,
+        embeddings: np.ndarray,
+        perplexity: float = 30.0,
+        n_iter: int = 500,
+        n_jobs: int = 1,
+        random_state: int = 0,
+    ) -> TSNEMap:
+        """Fit a new map (openTSNE, cosine metric, PCA initialisation).
+
+        Args:
+            embeddings: ``(N, D)`` reference embeddings; N >= 4.
+            perplexity: target perplexity (lowered automatically for small N).
+            n_iter: optimisation iterations after early exaggeration.
+            n_jobs: threads.
+            random_state: seed.
+        """
+        from openTSNE import TSNE
+
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if len(embeddings) < 4:
+            raise ValueError(f"a t-SNE map needs at least 4 reference images, got {len(embeddings)}")
+        start = time.perf_counter()
+        tsne = TSNE(
+            n_components=2,
+            perplexity=_perplexity(len(embeddings), perplexity),
+            metric="cosine",
+            n_iter=n_iter,
+            n_jobs=n_jobs,
+            random_state=random_state,
+            verbose=False,
+        )
+        embedding = tsne.fit(embeddings)
+        logger.info("t-SNE map of %d embeddings fitted in %.1fs", len(embeddings), time.perf_counter() - start)
+        tsne_map = cls(embeddings, np.asarray(embedding), perplexity, n_jobs, random_state)
+        tsne_map._embedding = embedding
+        return tsne_map
+
+    @staticmethod
+    def cache_key(embeddings: np.ndarray, perplexity: float, n_iter: int, random_state: int) -> str:
+        digest = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+        digest.update(f"{perplexity}:{n_iter}:{random_state}".encode())
+        return digest.hexdigest()[:20]
+
+    @classmethod
+    def load_or_fit(
+        cls,
+        embeddings: np.ndarray,
+        cache_dir: Path | None,
+        perplexity: float = 30.0,
+        n_iter: int = 500,
+        n_jobs: int = 1,
+        random_state: int = 0,
+    ) -> TSNEMap:
+        """The cached map for these embeddings, or a new fit written to ``cache_dir``."""
+        path = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"tsne-{cls.cache_key(embeddings, perplexity, n_iter, random_state)}.npz"
+            if path.is_file():
+                try:
+                    with np.load(path, allow_pickle=False) as cached:
+                        coords = cached["coords"]
+                    if coords.shape == (len(embeddings), 2):
+                        logger.info("t-SNE map from cache %s", path)
+                        return cls(embeddings, coords, perplexity, n_jobs, random_state, from_cache=True)
+                except (OSError, ValueError, KeyError) as error:
+                    logger.warning("unreadable t-SNE cache %s (%s): refitting", path, error)
+        tsne_map = cls.fit(embeddings, perplexity, n_iter, n_jobs, random_state)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_suffix(".tmp")
+                with temporary.open("wb") as handle:
+                    np.savez(handle, coords=tsne_map.coords)
+                temporary.replace(path)
+            except OSError as error:
+                logger.warning("could not write the t-SNE cache %s: %s", path, error)
+        return tsne_map
+
+    def _tsne_embedding(self):
+        """The openTSNE embedding with affinities over the reference points (rebuilt once if cached)."""
+        if self._embedding is None:
+            from openTSNE import TSNEEmbedding
+            from openTSNE.affinity import PerplexityBasedNN
+
+            affinities = PerplexityBasedNN(
+                self.embeddings,
+                perplexity=self.perplexity,
+                metric="cosine",
+                n_jobs=self.n_jobs,
+                random_state=self.random_state,
+                verbose=False,
+            )
+            self._embedding = TSNEEmbedding(
+                self.coords.copy(), affinities, random_state=self.random_state, n_jobs=self.n_jobs
+            )
+        return self._embedding
+
+    def prepare(self) -> None:
+        """Build what placement needs now (at start-up) rather than on the first query."""
+        self._tsne_embedding()
+
+    def place(self, queries: np.ndarray, n_iter: int = 50, perplexity: float = 5.0) -> np.ndarray:
+        """Place new embeddings into the fixed map.
+
+        Args:
+            queries: ``(M, D)`` embeddings.
+            n_iter: optimisation steps after the median initialisation (openTSNE's default is 250;
+                50 keeps placement fast and moves points little further).
+            perplexity: perplexity of the query-to-reference affinities.
+
+        Returns:
+            ``(M, 2)`` coordinates.
+        """
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        embedding = self._tsne_embedding()
+        k = int(min(len(self.embeddings), max(3, 3 * perplexity)))
+        perplexity = min(perplexity, max(1.0, (k - 1) / 3.0))
+        placed = embedding.transform(queries, perplexity=perplexity, k=k, n_iter=n_iter)
+        return np.asarray(placed, dtype=np.float64)
+
+    def figure(
+        self,
+        species: Sequence[str],
+        domain: Sequence[str],
+        ids: Sequence[str] | None = None,
+        query_coords: np.ndarray | None = None,
+        query_names: Sequence[str] | None = None,
+        title: str | None = None,
+    ):
+        """An interactive plotly scatter: colour = species, marker = domain, star = query photos."""
+        import plotly.graph_objects as go
+        from plotly.colors import qualitative
+
+        palette = qualitative.Dark24 + qualitative.Light24 + qualitative.Alphabet
+        species = list(species)
+        domain = list(domain)
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(species))]
+        fig = go.Figure()
+        for colour_index, name in enumerate(sorted(set(species))):
+            rows = [i for i, s in enumerate(species) if s == name]
+            fig.add_trace(
+                go.Scatter(
+                    x=self.coords[rows, 0],
+                    y=self.coords[rows, 1],
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    marker={
+                        "color": palette[colour_index % len(palette)],
+                        "symbol": [DOMAIN_SYMBOLS.get(domain[i], "square") for i in rows],
+                        "size": 7,
+                        "opacity": 0.8,
+                        "line": {"width": 0.5, "color": "white"},
+                    },
+                    customdata=[[domain[i], ids[i]] for i in rows],
+                    hovertemplate=f"<b>{name}</b><br>%{{customdata[0]}}<br>%{{customdata[1]}}<extra></extra>",
+                )
+            )
+        for domain_name in sorted(set(domain)):  # legend entries for the marker shapes
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=f"shape: {domain_name}",
+                    marker={"symbol": DOMAIN_SYMBOLS.get(domain_name, "square"), "color": "grey", "size": 8},
+                    hoverinfo="skip",
+                )
+            )
+        if query_coords is not None and len(query_coords):
+            query_coords = np.atleast_2d(query_coords)
+            names = list(query_names) if query_names else [f"your photo {i + 1}" for i in range(len(query_coords))]
+            fig.add_trace(
+                go.Scatter(
+                    x=query_coords[:, 0],
+                    y=query_coords[:, 1],
+                    mode="markers+text",
+                    name="your photo",
+                    text=names,
+                    textposition="top center",
+                    marker={"symbol": QUERY_SYMBOL, "size": 20, "color": "black", "line": {"width": 2, "color": "gold"}},
+                    hovertemplate="<b>%{text}</b><extra></extra>",
+                )
+            )
+        fig.update_layout(
+            title=title,
+            template="plotly_white",
+            height=560,
+            margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+            legend={"itemsizing": "constant", "font": {"size": 10}},
+            xaxis={"visible": False},
+            yaxis={"visible": False, "scaleanchor": "x"},
+        )
+        return fig

@@ -1,0 +1,127 @@
+"""The install and the overlay: our trainer joins autotrain-advanced without breaking it."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
+def test_custom_trainer_module_runs_from_any_directory(where, tmp_path):
+    cwd = REPO_ROOT if where == "repo_root" else tmp_path
+    result = _run(["-m", "autotrain.trainers.image_classification_custom", "--help"], cwd)
+    assert result.returncode == 0, result.stderr
+    assert "--training_config" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
+def test_overlay_keeps_upstream_package_intact(where, tmp_path):
+    cwd = REPO_ROOT if where == "repo_root" else tmp_path
+    code = (
+        "import json, autotrain, autotrain.trainers.common as common, autotrain.trainers.image_classification_custom as custom\n"
+        "from autotrain import logger\n"
+        "print(json.dumps({'version': autotrain.__version__, 'common': common.__file__, 'custom': custom.__file__,"
+        " 'logger': type(logger).__name__, 'monitor': callable(common.monitor)}))"
+    )
+    result = _run(["-c", code], cwd)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["version"] == version("autotrain-advanced")
+    assert "site-packages" in info["common"]
+    assert Path(info["custom"]).resolve().is_relative_to(REPO_ROOT / "autotrain")
+    assert info["monitor"]
+
+
+def test_gradio_is_current():
+    assert Version(version("gradio")) >= Version("5.31"), "gradio older than 5.31 has published advisories"
+    listing = _run(["-m", "pip", "list", "--format=json"], REPO_ROOT)
+    packages = {p["name"].lower(): p["version"] for p in json.loads(listing.stdout)}
+    assert Version(packages["gradio"]) >= Version("5.31")
+    assert packages["autotrain-advanced"] == "0.8.36"
+
+
+def _tiny_transformers_classifier(folder: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+def _tiny_dataset(folder: Path, n_classes: int = 3, per_class: int = 4) -> None:
+    import numpy as np
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    features = Features(
+        {"image": Image(), "target": ClassLabel(names=[f"species_{i}" for i in range(n_classes)])}
+    )
+
+    def split(n):
+        rows = {"image": [], "target": []}
+        for label in range(n_classes):
+            for _ in range(n):
+                array = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                rows["image"].append(PILImage.fromarray(array))
+                rows["target"].append(label)
+        return Dataset.from_dict(rows, features=features)
+
+    DatasetDict({"train": split(per_class), "validation": split(2)}).save_to_disk(str(folder))
+
+
+@pytest.mark.slow
+def test_stock_image_classification_trainer_still_trains(tmp_path):
+    """The stock trainer, in the same environment, imports and trains one tiny epoch."""
+    model_dir = tmp_path / "tiny-vit"
+    _tiny_transformers_classifier(model_dir)
+    # The stock params want a bare project name; it resolves against the working directory.
+    project = tmp_path / "stock-project"
+    _tiny_dataset(project / "autotrain-data")
+    config = {
+        "data_path": "stock-project/autotrain-data",
+        "model": str(model_dir),
+        "project_name": "stock-project",
+        "epochs": 1,
+        "batch_size": 6,
+        "lr": 1e-3,
+        "train_split": "train",
+        "valid_split": "validation",
+        "image_column": "image",
+        "target_column": "target",
+        "logging_steps": 1,
+    }
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    result = _run(
+        ["-m", "autotrain.trainers.image_classification", "--training_config", str(config_path)], tmp_path
+    )
+    # The stock @monitor logs exceptions and exits 0: check results, not the exit code.
+    assert result.returncode == 0, result.stderr
+    assert (project / "model.safetensors").is_file(), result.stderr[-3000:]
+    assert (project / "preprocessor_config.json").is_file()
+    saved = json.loads((project / "config.json").read_text())
+    assert saved["id2label"] == {"0": "species_0", "1": "species_1", "2": "species_2"}

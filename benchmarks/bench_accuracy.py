@@ -119,3 +119,30 @@ def run(
         "runs": per_run,
         "models": models,
     }
+
+
+def app_model(workdir: str | Path, quick: bool = False, stock_lr: float = 1e-3) -> str:
+    """A trained ArcFace model folder for the app benchmark: the accuracy section's seed-0 model when it
+    exists in ``workdir``, else one trained now with the same settings."""
+    del stock_lr  # same signature as run(); only our trainer is needed here
+    root = Path(workdir) / ("accuracy-quick" if quick else "accuracy")
+    existing = root / "runs" / "ours-arcface-s0"
+    if list(existing.glob("*.safetensors")):
+        return str(existing)
+    s = dict(QUICK if quick else FULL)
+    dataset = sample_dataset(Path(workdir), quick)
+    if quick:
+        backbone = sh.random_backbone_folders(root / "backbone", "test_efficientnet", s["image_size"])
+    else:
+        backbone = sh.embedded_backbone_folders(root / "backbone")
+    cfg = sh.ours_config(
+        "ours-arcface-s0",
+        dataset,
+        backbone["ours_model"],
+        epochs=s["epochs"],
+        warmup_epochs=1,
+        batch_size=s["batch_size"],
+        seed=0,
+        image_size=backbone["image_size"],
+    )
+    return sh.run_trainer("ours", cfg, root / "runs", s["timeout"])["project_dir"]

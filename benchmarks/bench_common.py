@@ -16,8 +16,7 @@ from typing import Any
 
 from stock_harness import REPO_ROOT, BenchError, bench_env
 
-# `data_prep sample` sizes: the embedded default, and a tiny one for --quick (a dozen training images).
-SAMPLE_FULL: dict[str, int] = {}
+# `data_prep sample` sizes for --quick (a dozen training images); full runs use the CLI's defaults.
 SAMPLE_QUICK = {"n_species": 3, "n_herbarium": 3, "n_field": 2, "n_test": 2, "no_field_every": 3}
 
 
@@ -101,22 +100,16 @@ def sample_dataset(workdir: Path, quick: bool) -> Path:
     """The sample dataset as a saved DatasetDict (built once per working folder), via the data_prep CLI.
 
     Full mode runs ``python -m data_prep sample`` with its defaults (the embedded sample); quick mode
-    generates a tiny sample with :func:`data_prep.sample.generate_sample` and builds it with the CLI.
+    with ``SAMPLE_QUICK``'s sizes. Then ``python -m data_prep build``.
     """
     root = workdir / ("sample-quick" if quick else "sample")
     images, dataset = root / "images", root / "dataset"
     done = root / "done.json"
     if done.is_file() and (dataset / "dataset_dict.json").is_file():
         return dataset
-    if quick:
-        code = (
-            "import sys, json; from data_prep.sample import generate_sample; "
-            f"generate_sample(sys.argv[1], progress=False, **json.loads({json.dumps(json.dumps(SAMPLE_QUICK))}))"
-        )
-        run_cli(["-c", code, str(images)], root / "sample.log")
-    else:
-        run_cli(["-m", "data_prep", "sample", "--out", str(images)], root / "sample.log")
-    run_cli(["-m", "data_prep", "build", str(images), "--out", str(dataset)], root / "build.log")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in (SAMPLE_QUICK if quick else {}).items()]
+    run_cli(["-m", "data_prep", "sample", "--out", str(images), "--quiet", *flags], root / "sample.log")
+    run_cli(["-m", "data_prep", "build", str(images), "--out", str(dataset), "--quiet"], root / "build.log")
     done.write_text(json.dumps({"quick": quick, "at": now_iso()}) + "\n")
     return dataset
 

@@ -13,7 +13,7 @@ architecture says ImageNet mean/std. This script measures both on real plant pho
 - how well the activations match the BatchNorm running statistics stored in the weights (which record
   the input distribution the network was trained on): the mean absolute log ratio between the observed
   per-channel variance entering each BatchNorm and its running variance, for the stem's BatchNorm
-  (``stem |log var ratio|``, the most direct witness of the input scaling) and over all BatchNorms.
+  (``stem BN var gap``, the most direct witness of the input scaling) and over all BatchNorms (``all BN var gap``); smaller is a better match.
 
 It also tries two architecture variants the weights could have been trained with (BatchNorm eps 1e-3,
 and timm's TensorFlow-style ``tf_efficientnet_lite0`` with "same" padding), since those differ from
@@ -152,7 +152,7 @@ def main() -> None:
     )
     header = (
         f"| {'architecture':32s} | {'normalisation':13s} | max-softmax | entropy (nats) | NCM acc | 1-NN acc "
-        "| stem |log var ratio| | all BN |log var ratio| |"
+        "| stem BN var gap | all BN var gap |"
     )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -166,7 +166,7 @@ def main() -> None:
             ncm, nn1 = loo_accuracies(feats, labels)
             print(
                 f"| {arch_label:32s} | {norm_label:13s} | {confidence:11.3f} | {entropy:14.3f} "
-                f"| {ncm:7.3f} | {nn1:8.3f} | {log_ratios[0]:21.3f} | {np.mean(log_ratios):23.3f} |",
+                f"| {ncm:7.3f} | {nn1:8.3f} | {log_ratios[0]:15.3f} | {np.mean(log_ratios):14.3f} |",
                 flush=True,
             )
     print(f"total {time.time() - start:.0f}s")

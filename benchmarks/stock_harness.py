@@ -45,6 +45,7 @@ def bench_env(threads: int | None = None) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         PAUSE_ON_FAILURE="0",
+        NO_ALBUMENTATIONS_UPDATE="1",
         WANDB_DISABLED="true",
         DISABLE_MLFLOW_INTEGRATION="TRUE",
         HF_DATASETS_DISABLE_PROGRESS_BARS="1",

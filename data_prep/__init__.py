@@ -23,7 +23,7 @@ _EXPORTS = {
     "DataPrepError": "data_prep.layouts",
     "generate_sample": "data_prep.sample",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["DataPrepError", "StrictModeError", "build_dataset", "create_features", "generate_sample"]
 
 
 def __getattr__(name: str) -> Any:

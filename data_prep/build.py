@@ -35,6 +35,7 @@ from data_prep.validate import ProcessResult, process_image
 
 REPORT_NAME = "prep_report.json"
 FIGURE_NAME = "dataset_balance.png"
+SHARD_BYTES = 500 * 1024 * 1024  # the save_to_disk default shard size
 
 
 class StrictModeError(DataPrepError):
@@ -64,7 +65,9 @@ def default_num_proc() -> int:
 
 def _process_all(files: list[str], num_proc: int, progress: bool, **kwargs: Any):
     work = functools.partial(process_image, **kwargs)
-    bar = functools.partial(tqdm, total=len(files), desc="validating images", unit="img", disable=not progress)
+    bar = functools.partial(
+        tqdm, total=len(files), desc="validating images", unit="img", disable=not progress
+    )
     if num_proc <= 1 or len(files) < 2 * num_proc:
         yield from bar(map(work, files))
         return
@@ -75,7 +78,9 @@ def _process_all(files: list[str], num_proc: int, progress: bool, **kwargs: Any)
 
 def _check_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()) and not (out / "dataset_dict.json").is_file():
-        raise DataPrepError(f"output folder {out} exists and does not hold an earlier build; choose another --out")
+        raise DataPrepError(
+            f"output folder {out} exists and does not hold an earlier build; choose another --out"
+        )
 
 
 def build_dataset(
@@ -124,10 +129,10 @@ def build_dataset(
     if not disc.entries:
         raise DataPrepError(f"no image files found in {disc.root} ({disc.layout} layout)")
     classes = disc.classes
-    label_id = {c: i for i, c in enumerate(classes)}
     features = create_features(classes)
     findings: list[Finding] = list(disc.findings)
-    settings = {"val_fraction": val_fraction, "max_side": max_side, "min_side": min_side, "quality": quality, "seed": seed}
+    options = {"max_side": max_side, "min_side": min_side, "quality": quality}
+    settings = options | {"val_fraction": val_fraction, "seed": seed}
     num_proc = num_proc or default_num_proc()
 
     tmp_parent = out_path.parent if out_path is not None else None
@@ -135,31 +140,16 @@ def build_dataset(
         tmp_parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=tmp_parent))
     try:
-        kept: list[Entry] = []
-        digests: list[str] = []
-        stats = {"files": len(disc.entries), "resized": 0, "stored_original": 0, "reencoded": 0}
-        with ArrowWriter(features=features, path=str(tmp / "all.arrow")) as writer:
-            files = [str(e.file) for e in disc.entries]
-            results = _process_all(files, num_proc, progress, max_side=max_side, min_side=min_side, quality=quality)
-            for entry, res in zip(disc.entries, results):
-                if _collect(entry, res, findings, stats):
-                    record = {"image": {"bytes": res.image_bytes, "path": None}, "label": label_id[entry.label]}
-                    record |= {"domain": DOMAINS.index(entry.domain), "path": entry.rel}
-                    writer.write(features.encode_example(record))
-                    kept.append(entry)
-                    digests.append(res.digest or "")
-            writer.finalize()
-        keep, dup_findings = deduplicate(kept, digests)
-        findings += dup_findings
-        unique = [(i, e) for i, e in enumerate(kept) if keep[i]]
-        in_val = choose_validation([e for _, e in unique], val_fraction, seed)
-        split_idx: dict[str, list[int]] = {"train": [], "validation": []}
-        if any(e.split == "test" for e in disc.entries):
-            split_idx["test"] = []
-        for (i, e), val in zip(unique, in_val):
-            split_idx["test" if e.split == "test" else ("validation" if val else "train")].append(i)
-        with_images = {e.label for _, e in unique}
-        findings += [Finding(c, "class_without_images", IGNORED, "every file skipped") for c in classes if c not in with_images]
+        kept, digests, nbytes, stats = _validate_into_arrow(
+            disc.entries, tmp / "all.arrow", features, num_proc, progress, findings, options
+        )
+        split_idx = _assign_splits(kept, digests, disc.entries, val_fraction, seed, findings)
+        with_images = {kept[i].label for idx in split_idx.values() for i in idx}
+        findings += [
+            Finding(c, "class_without_images", IGNORED, "every file skipped")
+            for c in classes
+            if c not in with_images
+        ]
 
         all_rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out_path is None)
         dsd = DatasetDict({name: all_rows.select(idx) for name, idx in split_idx.items()})
@@ -179,12 +169,73 @@ def build_dataset(
             validation_rule=VALIDATION_RULE,
         )
         if out_path is not None:
-            dsd = _save(dsd, out_path, tmp, report, progress)
+            shards = {name: 1 + sum(nbytes[i] for i in idx) // SHARD_BYTES for name, idx in split_idx.items()}
+            dsd = _save(dsd, out_path, tmp, report, progress, shards)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if strict and report["findings"]:
         raise StrictModeError(report)
     return dsd, report
+
+
+def _validate_into_arrow(
+    entries: list[Entry],
+    arrow_path: Path,
+    features: Features,
+    num_proc: int,
+    progress: bool,
+    findings: list[Finding],
+    options: dict[str, int],
+) -> tuple[list[Entry], list[str], list[int], dict[str, Any]]:
+    """Process every file and stream the kept ones into ``arrow_path``.
+
+    Returns:
+        The kept entries (in Arrow row order), their content digests, their stored sizes in bytes,
+        and counters for the report. Findings are appended to ``findings``.
+    """
+    label_id = {c: i for i, c in enumerate(features["label"].names)}
+    kept: list[Entry] = []
+    digests: list[str] = []
+    nbytes: list[int] = []
+    stats: dict[str, Any] = {"files": len(entries), "resized": 0, "stored_original": 0, "reencoded": 0}
+    with ArrowWriter(features=features, path=str(arrow_path)) as writer:
+        results = _process_all([str(e.file) for e in entries], num_proc, progress, **options)
+        for entry, res in zip(entries, results):
+            if not _collect(entry, res, findings, stats):
+                continue
+            record = {
+                "image": {"bytes": res.image_bytes, "path": None},
+                "label": label_id[entry.label],
+                "domain": DOMAINS.index(entry.domain),
+                "path": entry.rel,
+            }
+            writer.write(features.encode_example(record))
+            kept.append(entry)
+            digests.append(res.digest or "")
+            nbytes.append(len(res.image_bytes or b""))
+        writer.finalize()
+    return kept, digests, nbytes, stats
+
+
+def _assign_splits(
+    kept: list[Entry],
+    digests: list[str],
+    entries: list[Entry],
+    val_fraction: float,
+    seed: int,
+    findings: list[Finding],
+) -> dict[str, list[int]]:
+    """Drop duplicates and leakage, draw validation; ``{split: Arrow row indices}`` (``test`` if any test input)."""
+    keep, dup_findings = deduplicate(kept, digests)
+    findings += dup_findings
+    unique = [(i, e) for i, e in enumerate(kept) if keep[i]]
+    in_val = choose_validation([e for _, e in unique], val_fraction, seed)
+    split_idx: dict[str, list[int]] = {"train": [], "validation": []}
+    if any(e.split == "test" for e in entries):
+        split_idx["test"] = []
+    for (i, e), val in zip(unique, in_val):
+        split_idx["test" if e.split == "test" else ("validation" if val else "train")].append(i)
+    return split_idx
 
 
 def _collect(entry: Entry, res: ProcessResult, findings: list[Finding], stats: dict[str, Any]) -> bool:
@@ -211,11 +262,17 @@ def _datasets_bars(enabled: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _save(dsd: DatasetDict, out: Path, tmp: Path, report: dict[str, Any], progress: bool) -> DatasetDict:
-    """Write dataset, report and figure into a fresh folder, then swap it in for ``out``."""
+def _save(
+    dsd: DatasetDict, out: Path, tmp: Path, report: dict[str, Any], progress: bool, shards: dict[str, int]
+) -> DatasetDict:
+    """Write dataset, report and figure into a fresh folder, then swap it in for ``out``.
+
+    ``shards`` is computed from the stored image sizes: it also avoids ``save_to_disk``'s own size
+    estimate, which divides by zero on an empty split with an ``Image`` column.
+    """
     staging = tmp / "out"
     with _datasets_bars(progress):
-        dsd.save_to_disk(str(staging))
+        dsd.save_to_disk(str(staging), num_shards=shards)
     (staging / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     save_balance_figure(report["per_class"], staging / FIGURE_NAME)
     if out.exists():

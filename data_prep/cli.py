@@ -50,11 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="target folder")
     s.add_argument("--seed", type=int, default=0, help="same seed -> identical files (default 0)")
     s.add_argument("--n-species", type=int, default=20, help="number of species (default 20)")
-    s.add_argument("--n-herbarium", type=int, default=16, help="herbarium sheets per species, on average (default 16)")
-    s.add_argument("--n-field", type=int, default=5, help="field training photos per species that has them, on average (default 5)")
+    s.add_argument(
+        "--n-herbarium", type=int, default=16, help="herbarium sheets per species, on average (default 16)"
+    )
+    s.add_argument(
+        "--n-field",
+        type=int,
+        default=5,
+        help="field training photos per species that has them, on average (default 5)",
+    )
     s.add_argument("--n-test", type=int, default=6, help="field test photos per species (default 6)")
-    s.add_argument("--no-field-every", type=int, default=4, help="every k-th species has no field training photos (default 4; 0: none)")
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not an earlier sample")
+    s.add_argument(
+        "--no-field-every",
+        type=int,
+        default=4,
+        help="every k-th species has no field training photos (default 4; 0: none)",
+    )
+    s.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty folder that is not an earlier sample"
+    )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     b = sub.add_parser(
@@ -65,17 +79,39 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("source", type=Path, help="input folder, or a CSV file")
-    b.add_argument("--out", type=Path, default=None, help="output folder (default: <project-name>/autotrain-data)")
-    b.add_argument("--project-name", default=DEFAULT_PROJECT, help=f"AutoTrain project name (default {DEFAULT_PROJECT})")
+    b.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <project-name>/autotrain-data)"
+    )
+    b.add_argument(
+        "--project-name", default=DEFAULT_PROJECT, help=f"AutoTrain project name (default {DEFAULT_PROJECT})"
+    )
     b.add_argument("--layout", choices=LAYOUTS, default="auto", help="input layout (default auto)")
-    b.add_argument("--val-fraction", type=float, default=0.2, help="share of each species' field photos for validation (default 0.2)")
-    b.add_argument("--max-side", type=int, default=1024, help="downsize longer sides above this (default 1024; 0: never)")
-    b.add_argument("--min-side", type=int, default=32, help="skip images whose shorter side is below this (default 32)")
+    b.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of each species' field photos for validation (default 0.2)",
+    )
+    b.add_argument(
+        "--max-side", type=int, default=1024, help="downsize longer sides above this (default 1024; 0: never)"
+    )
+    b.add_argument(
+        "--min-side", type=int, default=32, help="skip images whose shorter side is below this (default 32)"
+    )
     b.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
-    b.add_argument("--num-proc", type=int, default=None, help="decoding processes (default: CPU count, at most 8)")
+    b.add_argument(
+        "--num-proc", type=int, default=None, help="decoding processes (default: CPU count, at most 8)"
+    )
     b.add_argument("--seed", type=int, default=0, help="seed of the validation draw (default 0)")
-    b.add_argument("--strict", action="store_true", help="exit 1 if anything was skipped or fixed (same report)")
-    b.add_argument("--push-to-hub", metavar="REPO", default=None, help="push to this Hub dataset repo (token: HF_TOKEN or huggingface-cli login)")
+    b.add_argument(
+        "--strict", action="store_true", help="exit 1 if anything was skipped or fixed (same report)"
+    )
+    b.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="push to this Hub dataset repo (token: HF_TOKEN or huggingface-cli login)",
+    )
     b.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

@@ -13,7 +13,9 @@ HERBARIUM_COLOUR = "#a0784a"
 FIELD_COLOUR = "#3f8f3f"
 
 
-def save_balance_figure(per_class: dict[str, dict[str, int]], path: str | Path, title: str | None = None) -> Path:
+def save_balance_figure(
+    per_class: dict[str, dict[str, int]], path: str | Path, title: str | None = None
+) -> Path:
     """Draw stacked horizontal bars (herbarium, field incl. validation) per class, largest at the top.
 
     Classes without any field training photo are marked with an asterisk.
@@ -43,7 +45,10 @@ def save_balance_figure(per_class: dict[str, dict[str, int]], path: str | Path, 
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
     total_h, total_f = sum(herb), sum(field)
     share = total_f / (total_h + total_f) if total_h + total_f else 0.0
-    fig.suptitle(title or f"Dataset balance: {len(items)} classes, field share {share:.0%} (* = no field photos)", fontsize=9)
+    fig.suptitle(
+        title or f"Dataset balance: {len(items)} classes, field share {share:.0%} (* = no field photos)",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,8 @@ def push_dataset(
     ]
     if figure is not None and Path(figure).is_file():
         ops.append(CommitOperationAdd("dataset_balance.png", str(figure)))
-    api.create_commit(repo_id, ops, commit_message="data_prep: dataset card and report", repo_type="dataset", token=token)
+    api.create_commit(
+        repo_id, ops, commit_message="data_prep: dataset card and report", repo_type="dataset", token=token
+    )
     dsd.push_to_hub(repo_id, private=private, token=token, commit_message="data_prep: upload dataset")
     return str(url)

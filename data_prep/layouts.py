@@ -125,7 +125,9 @@ def _walk_species(folder: Path, root: Path, disc: Discovery) -> list[Path]:
 
     def on_error(exc: OSError) -> None:
         where = Path(exc.filename) if exc.filename else folder
-        disc.findings.append(Finding(_rel(where, root), "unreadable_folder", SKIPPED, exc.strerror or str(exc)))
+        disc.findings.append(
+            Finding(_rel(where, root), "unreadable_folder", SKIPPED, exc.strerror or str(exc))
+        )
 
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
@@ -141,7 +143,11 @@ def _walk_species(folder: Path, root: Path, disc: Discovery) -> list[Path]:
 def _discover_folders(root: Path) -> Discovery:
     disc = Discovery(root=root, layout="folders")
     children = _child_dirs(root)
-    sources = [(children[k], _DOMAIN_WORDS[k], "train") for k in ("herbarium", "field", "photo", "photos") if k in children]
+    sources = [
+        (children[k], _DOMAIN_WORDS[k], "train")
+        for k in ("herbarium", "field", "photo", "photos")
+        if k in children
+    ]
     if "test" in children:
         sources.append((children["test"], "field", "test"))
     if not any(split == "train" for _, _, split in sources):
@@ -150,7 +156,9 @@ def _discover_folders(root: Path) -> Discovery:
         try:
             items = sorted(domain_dir.iterdir())
         except OSError as exc:
-            disc.findings.append(Finding(_rel(domain_dir, root), "unreadable_folder", SKIPPED, exc.strerror or str(exc)))
+            disc.findings.append(
+                Finding(_rel(domain_dir, root), "unreadable_folder", SKIPPED, exc.strerror or str(exc))
+            )
             continue
         for item in items:
             if _is_system_file(item.name):
@@ -162,7 +170,9 @@ def _discover_folders(root: Path) -> Discovery:
                 for f in files:
                     disc.entries.append(Entry(f, _rel(f, root), item.name, domain, split))
             else:
-                disc.findings.append(Finding(_rel(item, root), "outside_class_folder", SKIPPED, "no species folder"))
+                disc.findings.append(
+                    Finding(_rel(item, root), "outside_class_folder", SKIPPED, "no species folder")
+                )
     return disc
 
 
@@ -171,7 +181,11 @@ def _discover_folders(root: Path) -> Discovery:
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     text = path.read_text(encoding="utf-8-sig", errors="replace")
-    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip() and not line.startswith("#")]
+    return [
+        (i, line.strip())
+        for i, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def _read_species_list(path: Path, disc: Discovery) -> dict[str, str]:
@@ -212,11 +226,15 @@ def _parse_list(path: Path, root: Path, split: str, names: dict[str, str] | None
             continue
         rel, class_id = fields[0].removeprefix("./"), fields[1]
         if names is not None and class_id not in names:
-            disc.findings.append(Finding(rel, "unknown_class_id", SKIPPED, f"class id {class_id!r} ({where})"))
+            disc.findings.append(
+                Finding(rel, "unknown_class_id", SKIPPED, f"class id {class_id!r} ({where})")
+            )
             continue
         domain = "field" if split == "test" else _domain_from_path(rel)
         if domain is None:
-            disc.findings.append(Finding(rel, "unknown_domain", SKIPPED, f"no herbarium/photo folder in path ({where})"))
+            disc.findings.append(
+                Finding(rel, "unknown_domain", SKIPPED, f"no herbarium/photo folder in path ({where})")
+            )
             continue
         file = root / rel
         if not file.is_file():
@@ -231,7 +249,11 @@ def _discover_plantclef(root: Path) -> Discovery:
     lists = root / "list"
     if not (lists / "train.txt").is_file():
         raise DataPrepError(f"{root}: list/train.txt not found (PlantCLEF layout)")
-    names = _read_species_list(lists / "species_list.txt", disc) if (lists / "species_list.txt").is_file() else None
+    names = (
+        _read_species_list(lists / "species_list.txt", disc)
+        if (lists / "species_list.txt").is_file()
+        else None
+    )
     _parse_list(lists / "train.txt", root, "train", names, disc)
     if (lists / "groundtruth.txt").is_file():
         _parse_list(lists / "groundtruth.txt", root, "test", names, disc)
@@ -253,7 +275,9 @@ def _discover_csv(source: Path) -> Discovery:
     if source.is_dir():
         found = sorted(source.glob("*.csv"))
         if len(found) != 1:
-            raise DataPrepError(f"{source}: expected exactly one .csv file, found {len(found)}; pass the CSV path")
+            raise DataPrepError(
+                f"{source}: expected exactly one .csv file, found {len(found)}; pass the CSV path"
+            )
         source = found[0]
     root = source.parent
     disc = Discovery(root=root, layout="csv")
@@ -262,18 +286,24 @@ def _discover_csv(source: Path) -> Discovery:
         header = {h.strip().lower() for h in (reader.fieldnames or [])}
         missing = {"path", "label", "domain"} - header
         if missing:
-            raise DataPrepError(f"{source}: missing column(s) {', '.join(sorted(missing))}; need path,label,domain")
+            raise DataPrepError(
+                f"{source}: missing column(s) {', '.join(sorted(missing))}; need path,label,domain"
+            )
         for lineno, raw in enumerate(reader, 2):
             row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
             where = f"{source.name}:{lineno}"
             rel, label = row.get("path", ""), row.get("label", "")
             split = (row.get("split") or "train").lower()
             if not rel or not label or split not in ("train", "test"):
-                disc.findings.append(Finding(where, "malformed_line", SKIPPED, f"path={rel!r} label={label!r} split={split!r}"))
+                disc.findings.append(
+                    Finding(where, "malformed_line", SKIPPED, f"path={rel!r} label={label!r} split={split!r}")
+                )
                 continue
             domain = _DOMAIN_WORDS.get(row.get("domain", "").lower())
             if domain is None:
-                disc.findings.append(Finding(rel, "unknown_domain", SKIPPED, f"domain {row.get('domain')!r} ({where})"))
+                disc.findings.append(
+                    Finding(rel, "unknown_domain", SKIPPED, f"domain {row.get('domain')!r} ({where})")
+                )
                 continue
             file = Path(rel) if Path(rel).is_absolute() else root / rel
             if not file.is_file():

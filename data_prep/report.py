@@ -106,7 +106,10 @@ def format_summary(report: dict[str, Any], max_fixed: int = 10) -> str:
     for f in skipped:
         lines.append(f"  {f['path']}: {f['reason']}" + (f" ({f['detail']})" if f["detail"] else ""))
     fixed = [f for f in report["findings"] if f["action"] == FIXED]
-    lines.append(f"fixed ({len(fixed)}):" + (f" first {max_fixed} shown, all in prep_report.json" if len(fixed) > max_fixed else ""))
+    lines.append(
+        f"fixed ({len(fixed)}):"
+        + (f" first {max_fixed} shown, all in prep_report.json" if len(fixed) > max_fixed else "")
+    )
     for f in fixed[:max_fixed]:
         lines.append(f"  {f['path']}: {f['reason']} ({f['detail']})")
     other = [f for f in report["findings"] if f["action"] not in (SKIPPED, FIXED)]

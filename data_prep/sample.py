@@ -57,7 +57,9 @@ def herbarium_sheet(traits: SpeciesTraits, rng: np.random.Generator) -> Image.Im
     w, h = SHEET_SIZE
     paper = np.array([238, 230, 208], np.float32) + rng.normal(0, 4, 3)
     arr = np.broadcast_to(paper, (h, w, 3)).copy()
-    arr += _smooth_noise(rng, (w, h), 6, 3.0)[..., None] + rng.normal(0, 2.0, (h, w, 1))
+    arr += (
+        _smooth_noise(rng, (w, h), 6, 3.0)[..., None] + rng.standard_normal((h, w, 1), dtype=np.float32) * 2.0
+    )
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
 
@@ -65,7 +67,12 @@ def herbarium_sheet(traits: SpeciesTraits, rng: np.random.Generator) -> Image.Im
     fh, fs, fv = traits.flower_hsv
     dried_leaf = mix(hsv_rgb(lh, ls * 0.35, lv * 0.75), (105, 85, 50), 0.55)
     faded_petal = mix(hsv_rgb(fh, fs * 0.8, fv * 0.85), (150, 120, 85), 0.2)
-    colours = {"leaf": dried_leaf, "vein": _scale(dried_leaf, 0.7), "stem": (95, 72, 45), "petal": faded_petal}
+    colours = {
+        "leaf": dried_leaf,
+        "vein": _scale(dried_leaf, 0.7),
+        "stem": (95, 72, 45),
+        "petal": faded_petal,
+    }
     colours["centre"] = (80, 60, 40)
 
     def palette(role: str, shade: float) -> RGB:
@@ -87,7 +94,9 @@ def herbarium_sheet(traits: SpeciesTraits, rng: np.random.Generator) -> Image.Im
     for i in range(4):  # "text" lines on the label
         y = ly0 + 7 + i * 9
         if y < h - 12:
-            draw.line([(lx0 + 6, y), (lx0 + 6 + rng.uniform(20, w - 20 - lx0), y)], fill=(40, 40, 50), width=2)
+            draw.line(
+                [(lx0 + 6, y), (lx0 + 6 + rng.uniform(20, w - 20 - lx0), y)], fill=(40, 40, 50), width=2
+            )
     bar_y = 6 if rng.random() < 0.5 else h - 18
     for i, c in enumerate(_COLOUR_CHECKER):
         draw.rectangle([6 + i * 11, bar_y, 15 + i * 11, bar_y + 9], fill=c, outline=(30, 30, 30))
@@ -101,7 +110,9 @@ def _background(rng: np.random.Generator) -> Image.Image:
     """Cluttered natural ground: green-to-brown gradient, grass blades, blobs and stray leaves, defocused."""
     w, h = FIELD_SIZE
     top = np.array(hsv_rgb(rng.uniform(0.18, 0.36), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)), np.float32)
-    bottom = np.array(hsv_rgb(rng.uniform(0.06, 0.13), rng.uniform(0.3, 0.6), rng.uniform(0.25, 0.5)), np.float32)
+    bottom = np.array(
+        hsv_rgb(rng.uniform(0.06, 0.13), rng.uniform(0.3, 0.6), rng.uniform(0.25, 0.5)), np.float32
+    )
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None] + _smooth_noise(rng, (w, h), 5, 0.25)[..., None]
     arr = top * (1 - np.clip(t, 0, 1)) + bottom * np.clip(t, 0, 1)
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -157,7 +168,7 @@ def field_photo(traits: SpeciesTraits, rng: np.random.Generator) -> Image.Image:
     arr = np.asarray(img, np.float32)
     cast = 1 + rng.normal(0, 0.08, 3)
     light = rng.uniform(0.6, 1.25) * (1 + _smooth_noise(rng, (w, h), 3, 0.15))[..., None]
-    arr = arr * cast * light + rng.normal(0, 3.0, arr.shape)
+    arr = arr * cast * light + rng.standard_normal(arr.shape, dtype=np.float32) * 3.0
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if rng.random() < 0.6:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3)))
@@ -211,7 +222,9 @@ def generate_sample(
             for sub in ("herbarium", "field", "test"):
                 shutil.rmtree(out / sub, ignore_errors=True)
         elif not overwrite:
-            raise FileExistsError(f"{out} is not empty and was not written by `data_prep sample` (use --overwrite)")
+            raise FileExistsError(
+                f"{out} is not empty and was not written by `data_prep sample` (use --overwrite)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     species = [create_species(i, seed) for i in range(n_species)]
     jobs: list[tuple[int, str, int]] = []
@@ -233,7 +246,9 @@ def generate_sample(
         "seed": seed,
         "n_species": n_species,
         "species_without_field_training_photos": [
-            s.name for i, s in enumerate(species) if no_field_every and i % no_field_every == no_field_every - 1
+            s.name
+            for i, s in enumerate(species)
+            if no_field_every and i % no_field_every == no_field_every - 1
         ],
     }
     (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n")

@@ -119,7 +119,11 @@ def create_species(index: int, seed: int) -> SpeciesTraits:
         branch_depth=int(rng.integers(0, 3)) if arrangement != "rosette" else 0,
         branch_angle=float(rng.uniform(20, 50)),
         stem_curve=float(rng.uniform(-4, 4)),
-        leaf_hsv=(float(rng.uniform(0.2, 0.4)), float(rng.uniform(0.45, 0.85)), float(rng.uniform(0.35, 0.7))),
+        leaf_hsv=(
+            float(rng.uniform(0.2, 0.4)),
+            float(rng.uniform(0.45, 0.85)),
+            float(rng.uniform(0.35, 0.7)),
+        ),
         flower_hsv=(float(hue), float(rng.uniform(0.65, 1.0)), float(rng.uniform(0.75, 1.0))),
         flowers_per_tip=int(rng.integers(2, 6)),
         n_petals=int(rng.integers(4, 9)),
@@ -155,22 +159,35 @@ def _leaf_profile(shape: str, t: np.ndarray) -> np.ndarray:
     return s * 0.5
 
 
-def _leaf(traits: SpeciesTraits, base: np.ndarray, angle: float, scale: float, rng: np.random.Generator) -> list[Part]:
+_T = np.linspace(0.0, 1.0, 12)
+_SERRATION = 1 + 0.18 * (np.arange(12) % 2)
+_CIRCLE = np.linspace(0, 2 * math.pi, 9)
+_PETAL = np.stack([0.5 * (1 + np.cos(_CIRCLE)), 0.28 * np.sin(_CIRCLE)], axis=1)  # unit petal along +x
+_DISC = np.stack([0.3 * np.cos(_CIRCLE), 0.3 * np.sin(_CIRCLE)], axis=1)
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _leaf(
+    traits: SpeciesTraits, base: np.ndarray, angle: float, scale: float, rng: np.random.Generator
+) -> list[Part]:
     """A leaf polygon (and its veins) attached at ``base``, pointing along ``angle`` (radians)."""
     length = traits.leaf_length * scale * rng.uniform(0.85, 1.15)
     width = length * traits.leaf_width * rng.uniform(0.9, 1.1)
-    n = 12
-    t = np.linspace(0.0, 1.0, n)
-    half = _leaf_profile(traits.leaf_shape, t) * 2 * width / 2
+    t = _T
+    half = _leaf_profile(traits.leaf_shape, t) * width
     if traits.serrated:
-        half = half * (1 + 0.18 * (np.arange(n) % 2))
-    upper = np.stack([t * length, half], axis=1)
-    lower = np.stack([t[::-1] * length, -half[::-1]], axis=1)
-    outline = np.concatenate([upper, lower])
-    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        half = half * _SERRATION
+    outline = np.empty((2 * len(t), 2))
+    outline[: len(t), 0], outline[: len(t), 1] = t * length, half
+    outline[len(t) :, 0], outline[len(t) :, 1] = t[::-1] * length, -half[::-1]
+    rot_t = _rotation(angle).T
 
     def place(p: np.ndarray) -> np.ndarray:
-        return p @ rot.T + base
+        return p @ rot_t + base
 
     parts = [Part("leaf", place(outline), shade=float(rng.uniform(0.85, 1.15)))]
     if traits.venation != "none" and length > 0.05:
@@ -193,15 +210,12 @@ def _flower(traits: SpeciesTraits, centre: np.ndarray, rng: np.random.Generator)
     """A radial flower: ``n_petals`` elliptic petals around a disc."""
     r = traits.flower_size * rng.uniform(0.85, 1.15)
     rot0 = rng.uniform(0, 2 * math.pi)
-    k = np.linspace(0, 2 * math.pi, 9)
+    shades = rng.uniform(0.9, 1.1, traits.n_petals)
     parts = []
     for i in range(traits.n_petals):
-        a = rot0 + 2 * math.pi * i / traits.n_petals
-        ellipse = np.stack([r * 0.5 * (1 + np.cos(k)), r * 0.28 * np.sin(k)], axis=1)
-        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-        parts.append(Part("petal", ellipse @ rot.T + centre, shade=float(rng.uniform(0.9, 1.1))))
-    disc = np.stack([r * 0.3 * np.cos(k), r * 0.3 * np.sin(k)], axis=1) + centre
-    parts.append(Part("centre", disc))
+        rot_t = _rotation(rot0 + 2 * math.pi * i / traits.n_petals).T * r
+        parts.append(Part("petal", _PETAL @ rot_t + centre, shade=float(shades[i])))
+    parts.append(Part("centre", _DISC * r + centre))
     return parts
 
 
@@ -248,7 +262,11 @@ def grow_plant(traits: SpeciesTraits, rng: np.random.Generator) -> list[Part]:
                 else:  # whorled
                     sides = [1, -1, 0]
                 for side in sides:
-                    a = angle - math.pi / 2 + side * lean if side else angle - math.pi / 2 + rng.normal(0, 0.3)
+                    a = (
+                        angle - math.pi / 2 + side * lean
+                        if side
+                        else angle - math.pi / 2 + rng.normal(0, 0.3)
+                    )
                     leaves.extend(_leaf(traits, pos, a, scale, rng))
                 if traits.axillary_flowers and node % 3 == 1:
                     flowers.extend(_flower(traits, pos + rng.normal(0, 0.01, 2), rng))
@@ -265,7 +283,9 @@ def grow_plant(traits: SpeciesTraits, rng: np.random.Generator) -> list[Part]:
             a = -math.pi / 2 + math.radians(-80 + 160 * i / max(1, n_rosette - 1) + rng.normal(0, 6))
             leaves.extend(_leaf(traits, base, a, 1.6, rng))
         for k in range(traits.n_stems):
-            branch(base, math.radians(rng.normal(0, 10) + 12 * (k - (traits.n_stems - 1) / 2)), height, 0, False)
+            branch(
+                base, math.radians(rng.normal(0, 10) + 12 * (k - (traits.n_stems - 1) / 2)), height, 0, False
+            )
     else:
         for k in range(traits.n_stems):
             lean = math.radians(rng.normal(0, 6) + 18 * (k - (traits.n_stems - 1) / 2))
@@ -297,12 +317,9 @@ def render_plant(
     outline: Palette | None = None,
 ) -> None:
     """Draw ``parts`` with pixel = origin + scale * R(angle) @ point; colours from ``palette(role, shade)``."""
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, -s], [s, c]]) * scale
-    ox, oy = origin
+    rot_t = _rotation(angle).T * scale
     for part in parts:
-        pts = part.points @ rot.T + (ox, oy)
-        xy = [(float(x), float(y)) for x, y in pts]
+        xy = (part.points @ rot_t + origin).ravel().tolist()
         colour = palette(part.role, part.shade)
         if part.closed:
             edge = outline(part.role, part.shade) if outline else None

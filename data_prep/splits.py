@@ -39,7 +39,9 @@ def deduplicate(entries: Sequence[Entry], digests: Sequence[str]) -> tuple[list[
     findings: list[Finding] = []
     first_test: dict[str, Entry] = {}
     first_pool: dict[str, Entry] = {}
-    order = [i for i, e in enumerate(entries) if e.split == "test"] + [i for i, e in enumerate(entries) if e.split != "test"]
+    order = [i for i, e in enumerate(entries) if e.split == "test"] + [
+        i for i, e in enumerate(entries) if e.split != "test"
+    ]
     for i in order:
         entry, digest = entries[i], digests[i]
         if entry.split == "test":

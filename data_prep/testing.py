@@ -16,14 +16,18 @@ def image_bytes(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG", 
     rng = np.random.default_rng(seed)
     w, h = size
     arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    arr[: h // 2] = rng.integers(0, 256, 3, dtype=np.uint8)  # a flat band compresses well and keeps files small
+    arr[: h // 2] = rng.integers(
+        0, 256, 3, dtype=np.uint8
+    )  # a flat band compresses well and keeps files small
     im = Image.fromarray(arr).convert(mode) if mode != "RGB" else Image.fromarray(arr)
     buf = io.BytesIO()
     im.save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 
-def write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG", mode: str = "RGB") -> Path:
+def write_image(
+    path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG", mode: str = "RGB"
+) -> Path:
     """Write :func:`image_bytes` to ``path`` (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(image_bytes(seed, size, fmt, mode))
@@ -99,7 +103,11 @@ def make_bad_corpus(root: Path) -> dict[str, str]:
 
     put("herbarium/Alpha/empty.jpg", b"", "zero_byte")
     put("herbarium/Alpha/notes.txt", b"collector: J. Smith\n", "not_an_image")
-    put("herbarium/Alpha/garbage.jpg", bytes(np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8)), "corrupt")
+    put(
+        "herbarium/Alpha/garbage.jpg",
+        bytes(np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8)),
+        "corrupt",
+    )
     put("herbarium/Alpha/broken_header.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt")
     put("herbarium/Alpha/cut.jpg", truncated[: len(truncated) * 2 // 3], "truncated")
     put("herbarium/Beta/bomb.png", png_with_size(20000, 20000), "decompression_bomb")
@@ -113,7 +121,9 @@ def make_bad_corpus(root: Path) -> dict[str, str]:
     put("field/Alpha/rotated.jpg", encode(Image.fromarray(rgb), "JPEG", exif=exif), "exif_orientation")
     put("field/Beta/animated.gif", gif.getvalue(), "multi_frame")
     put("herbarium/Gamma/big_scan.jpg", big)  # kept, downsized
-    put("herbarium/Alpha/zz_copy_of_good0.jpg", (root / "herbarium/Alpha/good0.jpg").read_bytes(), "duplicate")
+    put(
+        "herbarium/Alpha/zz_copy_of_good0.jpg", (root / "herbarium/Alpha/good0.jpg").read_bytes(), "duplicate"
+    )
     put("field/Gamma/leaked.jpg", (root / "test/Gamma/good0.jpg").read_bytes(), "leakage")
     put("herbarium/stray.jpg", image_bytes(11), "outside_class_folder")
     put("herbarium/Beta/locked/inside.jpg", image_bytes(12))  # unreadable_folder (see docstring)

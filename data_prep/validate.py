@@ -25,7 +25,21 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".jp2", ".ppm", ".pgm", ".heic"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".gif",
+        ".jp2",
+        ".ppm",
+        ".pgm",
+        ".heic",
+    }
 )
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"BM", b"RIFF")
 _KEEP_ORIGINAL_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
@@ -56,7 +70,11 @@ class ProcessResult:
 
     @property
     def resized(self) -> bool:
-        return self.size is not None and self.original_size is not None and max(self.size) < max(self.original_size)
+        return (
+            self.size is not None
+            and self.original_size is not None
+            and max(self.size) < max(self.original_size)
+        )
 
 
 def _skip(result: ProcessResult, reason: str, detail: str) -> ProcessResult:
@@ -89,7 +107,7 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, str | None]:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         flat = Image.alpha_composite(white, rgba).convert("RGB")
-        return flat, f"{mode} with transparency: alpha flattened onto white"
+        return flat, f"{mode}: transparency flattened onto white"
     note = {"CMYK": "CMYK converted to RGB", "L": "grayscale converted to RGB", "1": "1-bit converted to RGB"}
     return im.convert("RGB"), note.get(mode, f"{mode} converted to RGB")
 
@@ -121,7 +139,7 @@ def process_image(path: str, max_side: int = 1024, min_side: int = 32, quality: 
     try:
         return _decode(data, path, result, max_side, min_side, quality)
     except Image.DecompressionBombError as exc:
-        return _skip(result, "decompression_bomb", str(exc).split(" could be")[0])
+        return _skip(result, "decompression_bomb", str(exc).split(" could be")[0].rstrip(","))
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
         text = f"{type(exc).__name__}: {exc}"
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
@@ -130,7 +148,9 @@ def process_image(path: str, max_side: int = 1024, min_side: int = 32, quality: 
         ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
 
 
-def _decode(data: bytes, path: str, result: ProcessResult, max_side: int, min_side: int, quality: int) -> ProcessResult:
+def _decode(
+    data: bytes, path: str, result: ProcessResult, max_side: int, min_side: int, quality: int
+) -> ProcessResult:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -147,7 +167,13 @@ def _decode(data: bytes, path: str, result: ProcessResult, max_side: int, min_si
     orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
     n_frames = int(getattr(im, "n_frames", 1))
     small = not max_side or max(im.size) <= max_side
-    if small and im.mode == "RGB" and im.format in _KEEP_ORIGINAL_FORMATS and orientation == 1 and n_frames == 1:
+    if (
+        small
+        and im.mode == "RGB"
+        and im.format in _KEEP_ORIGINAL_FORMATS
+        and orientation == 1
+        and n_frames == 1
+    ):
         if im.format == "JPEG":
             im.draft(None, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
         im.load()

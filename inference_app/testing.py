@@ -93,3 +93,12 @@ def make_reference_dataset(
                 rows["path"].append(f"{domain}/{name}/{domain[0]}{j:02d}.jpg")
     DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()}).save_to_disk(str(path))
     return path
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -50,7 +50,10 @@ class TSNEMap:
         from_cache: bool = False,
     ):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        self.coords = np.ascontiguousarray(coords, dtype=np.float64)
+        coords = np.array(coords, dtype=np.float64)  # a copy: openTSNE moves its own array in place
+        # openTSNE's transform first centres the reference map on its bounding box: do it here, so that
+        # the coordinates shown and the ones new points are placed against are the same.
+        self.coords = coords - (coords.max(axis=0) + coords.min(axis=0)) / 2 if len(coords) else coords
         self.perplexity = _perplexity(len(embeddings), perplexity)
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -93,6 +96,7 @@ class TSNEMap:
         embedding = tsne.fit(embeddings)
         logger.info("t-SNE map of %d embeddings fitted in %.1fs", len(embeddings), time.perf_counter() - start)
         tsne_map = cls(embeddings, np.asarray(embedding), perplexity, n_jobs, random_state)
+        embedding[:] = tsne_map.coords  # keep the fitted affinities, with the centred coordinates
         tsne_map._embedding = embedding
         return tsne_map
 

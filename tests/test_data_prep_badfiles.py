@@ -37,7 +37,9 @@ def corpus(tmp_path: Path, locked_folder: None) -> tuple[Path, dict[str, str]]:
     return root, make_bad_corpus(root)
 
 
-def test_bad_corpus_reports_each_kind_and_keeps_every_good_file(corpus: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_bad_corpus_reports_each_kind_and_keeps_every_good_file(
+    corpus: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     root, expected = corpus
     dsd, report = build_dataset(root, tmp_path / "out", max_side=256, num_proc=2, progress=False)
 
@@ -54,7 +56,11 @@ def test_bad_corpus_reports_each_kind_and_keeps_every_good_file(corpus: tuple[Pa
 
     stored = {p for split in dsd.values() for p in split["path"]}
     good = {p.relative_to(root).as_posix() for p in root.rglob("good*.jpg")}
-    fixed = {rel for rel, reason in expected.items() if reason in ("converted_mode", "exif_orientation", "multi_frame")}
+    fixed = {
+        rel
+        for rel, reason in expected.items()
+        if reason in ("converted_mode", "exif_orientation", "multi_frame")
+    }
     assert good | fixed | {"herbarium/Gamma/big_scan.jpg"} == stored
     assert report["stats"]["ignored_system_files"] == 1
     assert report["skipped"] == sum(f["action"] == "skipped" for f in report["findings"])
@@ -76,7 +82,9 @@ def test_bad_corpus_reports_each_kind_and_keeps_every_good_file(corpus: tuple[Pa
     assert saved["finding_counts"] == report["finding_counts"]
 
 
-def test_strict_turns_findings_into_exit_1(corpus: tuple[Path, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_strict_turns_findings_into_exit_1(
+    corpus: tuple[Path, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root, _ = corpus
     with pytest.raises(StrictModeError) as err:
         build_dataset(root, tmp_path / "o1", strict=True, num_proc=1, progress=False)
@@ -110,7 +118,9 @@ def test_large_jpeg_scan_is_downsized_via_draft(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(res.image_bytes)).format == "JPEG"
 
 
-def test_truncated_images_fail_even_if_another_library_allows_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_truncated_images_fail_even_if_another_library_allows_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
@@ -118,6 +128,11 @@ def test_truncated_images_fail_even_if_another_library_allows_them(tmp_path: Pat
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     assert process_image(str(tmp_path / "t.jpg")).skip[0] == "truncated"
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_unreadable_file_is_reported(tmp_path: Path) -> None:
+    res = process_image(str(tmp_path))  # a folder where a file was expected: open() fails
+    assert res.skip is not None and res.skip[0] == "unreadable" and res.image_bytes is None
 
 
 def test_no_images_at_all_is_a_clear_error(tmp_path: Path) -> None:

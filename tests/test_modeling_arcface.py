@@ -412,6 +412,16 @@ def test_save_folder_layout(timm_model, tmp_path):
     assert (tmp_path / "modeling_arcface.py").read_text() == source
 
 
+def test_plain_save_pretrained_also_writes_code_and_auto_map(timm_model, tmp_path):
+    timm_model.save_pretrained(tmp_path)  # what the HF Trainer does for checkpoints
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (
+        config["auto_map"]["AutoModelForImageClassification"]
+        == "modeling_arcface.ArcFaceForImageClassification"
+    )
+    assert (tmp_path / "modeling_arcface.py").is_file()
+
+
 def test_round_trip_timm(tmp_path, pixels):
     torch.manual_seed(0)
     model = create_arcface_model("resnet10t", LABELS, pretrained=False, image_size=32, arcface_subcenters=2)

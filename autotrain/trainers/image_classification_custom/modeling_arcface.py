@@ -472,15 +472,22 @@ def _create_timm_backbone(
 
     name = _timm_model_name(backbone)
     extra: dict[str, Any] = {}
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+
+    def needs_img_size(cfg: Mapping[str, Any]) -> bool:
+        native = (cfg.get("input_size") or (3, 224, 224))[-1]
+        return bool(image_size and cfg.get("fixed_input_size", False) and image_size != native)
+
+    # fixed-size models (ViT & co) are built at the requested size; timm resamples position embeddings
+    registry_cfg = None if ":" in name else timm.models.get_pretrained_cfg(name)
+    if registry_cfg is not None and needs_img_size(registry_cfg.to_dict()):
+        extra["img_size"] = image_size
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
     pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    fixed = bool(pretrained_cfg.get("fixed_input_size", False))
-    native = pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    if image_size and fixed and image_size != native:
-        # fixed-size models (ViT & co): build at the requested size; timm resamples position embeddings
+    if not extra and needs_img_size(pretrained_cfg):  # Hub/local configs are only known after loading
         extra["img_size"] = image_size
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
         pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    fixed = bool(pretrained_cfg.get("fixed_input_size", False))
 
     architecture = pretrained_cfg.get("architecture") or name.split(":")[-1].split("/")[-1].split(".")[0]
     model_kwargs = dict(getattr(model, "pretrained_model_args", {}) or {})

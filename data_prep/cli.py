@@ -163,7 +163,14 @@ def _build(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         from data_prep.hub import push_dataset
 
-        url = push_dataset(dsd, args.push_to_hub, report, out / FIGURE_NAME, private=not args.public)
+        try:
+            url = push_dataset(dsd, args.push_to_hub, report, out / FIGURE_NAME, private=not args.public)
+        except OSError as exc:  # network and Hub HTTP errors (HfHubHTTPError is an OSError)
+            print(
+                f"error: push to {args.push_to_hub} failed ({type(exc).__name__}: {exc}); saved in {out}",
+                file=sys.stderr,
+            )
+            return 2
         print(f"pushed to {url} ({'public' if args.public else 'private'})")
     return 0
 
@@ -173,6 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _sample(args) if args.command == "sample" else _build(args)
-    except (DataPrepError, FileExistsError, NotADirectoryError) as exc:
+    except (DataPrepError, OSError) as exc:  # bad input, unwritable output: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

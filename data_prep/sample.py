@@ -23,11 +23,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from data_prep.layouts import DataPrepError
 from data_prep.sample_plants import RGB, SpeciesTraits, create_species, grow_plant, hsv_rgb, mix, render_plant
 
 SHEET_SIZE = (256, 320)  # width, height: portrait like a real sheet
 FIELD_SIZE = (288, 288)
 MARKER = ".data_prep_sample.json"
+MAX_SPECIES = 156
 _KIND_CODE = {"herbarium": 1, "field": 2, "test": 3}
 _COLOUR_CHECKER: tuple[RGB, ...] = (
     (20, 20, 20),
@@ -175,10 +177,6 @@ def field_photo(traits: SpeciesTraits, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def _species_dir(name: str) -> str:
-    return name  # folder name == label name (spaces are fine)
-
-
 def _class_sizes(seed: int, index: int, n_herbarium: int, n_field: int) -> tuple[int, int]:
     """Per-species image counts, 0.6x to 1.4x the requested mean, so the classes are imbalanced."""
     rng = np.random.default_rng([seed, index, 9, 0])
@@ -216,6 +214,10 @@ def generate_sample(
     Returns:
         The output folder as a ``Path``.
     """
+    if not 1 <= n_species <= MAX_SPECIES:
+        raise DataPrepError(
+            f"n_species must be between 1 and {MAX_SPECIES} (unique made-up names), got {n_species}"
+        )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if (out / MARKER).is_file():
@@ -238,7 +240,7 @@ def generate_sample(
         traits = species[i]
         rng = np.random.default_rng([seed, i, _KIND_CODE[kind], j])
         img = herbarium_sheet(traits, rng) if kind == "herbarium" else field_photo(traits, rng)
-        folder = out / kind / _species_dir(traits.name)
+        folder = out / kind / traits.name  # folder name == label name
         folder.mkdir(parents=True, exist_ok=True)
         stem = traits.name.lower().replace(" ", "_")
         img.save(folder / f"{stem}_{kind[0]}{j:02d}.jpg", quality=88 if kind == "herbarium" else 85)

@@ -107,3 +107,36 @@ def test_public_flag_and_missing_token(
     monkeypatch.setattr(hub_module, "get_token", lambda: None)
     with pytest.raises(DataPrepError, match="no Hugging Face token"):
         hub_module.push_dataset(dsd, "org/x", report)
+
+
+def test_push_failure_is_one_line_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pushes: list[dict[str, Any]],
+) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(self: FakeApi, repo_id: str, **kw: Any) -> str:
+        raise HfHubHTTPError("403 Forbidden: no write access")
+
+    monkeypatch.setattr(FakeApi, "create_repo", refuse)
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    root = make_folder_tree(tmp_path / "in", {"A": (2, 2, 0)})
+    code = main(
+        [
+            "build",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--push-to-hub",
+            "me/x",
+            "--quiet",
+            "--num-proc",
+            "1",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "push to me/x failed" in err and "403" in err and SECRET not in err and err.count("\n") == 1
+    assert (tmp_path / "out" / "dataset_dict.json").is_file() and pushes == []

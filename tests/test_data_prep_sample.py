@@ -14,7 +14,7 @@ from data_prep import build_dataset, generate_sample
 from data_prep.cli import main
 from data_prep.sample import FIELD_SIZE, MARKER, SHEET_SIZE
 
-SMALL = {"n_species": 8, "n_herbarium": 10, "n_field": 4, "n_test": 5}
+SMALL = {"n_species": 8, "n_herbarium": 8, "n_field": 4, "n_test": 4}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def test_sample_layout(sample: Path) -> None:
     missing = json.loads((sample / MARKER).read_text())["species_without_field_training_photos"]
     assert len(missing) == 2 and sorted(set(herbarium) - set(field)) == sorted(missing)
     for name in herbarium:
-        assert 6 <= len(list((sample / "herbarium" / name).glob("*.jpg"))) <= 14
-        assert len(list((sample / "test" / name).glob("*.jpg"))) == 5
+        assert 5 <= len(list((sample / "herbarium" / name).glob("*.jpg"))) <= 11
+        assert len(list((sample / "test" / name).glob("*.jpg"))) == 4
     sheet = Image.open(next((sample / "herbarium").rglob("*.jpg")))
     photo = Image.open(next((sample / "field").rglob("*.jpg")))
     assert (sheet.size, sheet.mode, sheet.format) == (SHEET_SIZE, "RGB", "JPEG")
@@ -100,7 +100,7 @@ def test_sample_builds_into_the_dataset(sample: Path) -> None:
     dsd, report = build_dataset(sample, num_proc=1, progress=False)
     missing = json.loads((sample / MARKER).read_text())["species_without_field_training_photos"]
     assert report["classes_without_field_training_images"] == sorted(missing)
-    assert report["findings"] == [] and len(dsd["validation"]) == 6 and len(dsd["test"]) == 40
+    assert report["findings"] == [] and len(dsd["validation"]) == 6 and len(dsd["test"]) == 32
 
 
 def test_cli_sample_refuses_foreign_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -114,14 +114,21 @@ def open_dataset_dict(data_path: str, token: Optional[str] = None, config_name: 
         return load_dataset("imagefolder", data_dir=str(path)), "imagefolder"
     if path.exists():
         raise FileNotFoundError(f"data_path {data_path!r} is a file, not a dataset folder")
+    hint = (
+        f" (build it with `python -m data_prep build <image folder> --out {data_path}`)"
+        if path.name == "autotrain-data"
+        else ""
+    )
     if not _HUB_ID.match(data_path):
-        raise FileNotFoundError(f"data_path {data_path!r} does not exist (working directory: {os.getcwd()})")
+        raise FileNotFoundError(
+            f"data_path {data_path!r} does not exist (working directory: {os.getcwd()}){hint}"
+        )
     try:
         return load_dataset(data_path, name=config_name, token=token), "hub"
     except Exception as err:
         raise FileNotFoundError(
             f"data_path {data_path!r} is not an existing folder (working directory: {os.getcwd()}) and "
-            f"could not be loaded as a Hub dataset: {type(err).__name__}: {err}"
+            f"could not be loaded as a Hub dataset ({type(err).__name__}: {err}){hint}"
         ) from err
 
 

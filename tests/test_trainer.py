@@ -1,0 +1,338 @@
+"""Trainer pieces (fast): optimizer groups, the two stages, frozen BatchNorm, resume, Hub upload, card.
+
+The helpers at the top build a tiny DatasetDict and tiny local backbones; tests/test_trainer_e2e.py
+imports them for the end-to-end runs.
+"""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+CLASS_NAMES = ["acer", "betula", "carex", "dianthus"]
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+
+
+# --- helpers (shared with test_trainer_e2e.py) -----------------------------------------------------------
+
+
+def make_tiny_dataset(folder: Path, train_per_class: int = 6, seed: int = 0) -> Path:
+    """A DatasetDict like data_prep's: 4 colour-coded classes, herbarium + field, class 3 herbarium-only.
+
+    validation: field photos of classes 0-2; test: field photos of all 4 classes.
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(seed)
+    features = Features(
+        {
+            "image": Image(),
+            "label": ClassLabel(names=CLASS_NAMES),
+            "domain": ClassLabel(names=["herbarium", "field"]),
+            "path": Value("string"),
+        }
+    )
+
+    def image(label: int, domain: int):
+        base = np.empty((48, 64, 3), np.float32)
+        base[:] = COLOURS[label]
+        base = base * (0.7 if domain == 0 else 1.0) + rng.normal(0, 25, base.shape)
+        return PILImage.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+    def split(spec):
+        rows = {k: [] for k in features}
+        for label, domain, n in spec:
+            for i in range(n):
+                rows["image"].append(image(label, domain))
+                rows["label"].append(label)
+                rows["domain"].append(domain)
+                rows["path"].append(f"{['herbarium', 'field'][domain]}/{CLASS_NAMES[label]}/{i}.jpg")
+        return Dataset.from_dict(rows, features=features)
+
+    n = train_per_class
+    train = split([(c, 0, n) for c in range(4)] + [(c, 1, max(1, n // 2)) for c in range(3)])
+    validation = split([(c, 1, 2) for c in range(3)])
+    test = split([(c, 1, 2) for c in range(4)])
+    DatasetDict({"train": train, "validation": validation, "test": test}).save_to_disk(str(folder))
+    return folder
+
+
+def make_tiny_timm(folder: Path, name: str = "test_efficientnet") -> Path:
+    """A tiny random timm backbone saved as a local folder (config.json + weights)."""
+    import timm
+
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model(name, pretrained=False, num_classes=0), str(folder))
+    return folder
+
+
+def make_tiny_vit(folder: Path) -> Path:
+    """A tiny random transformers ViT saved with save_pretrained (+ its image processor)."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    ViTModel(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def tiny_config(project: str, data: str, model: str, **overrides) -> dict:
+    """A training config that runs in seconds on CPU."""
+    config = {
+        "project_name": project,
+        "data_path": data,
+        "model": model,
+        "image_size": 32,
+        "embedding_dim": 32,
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "dataloader_num_workers": 0,
+        "tsne": True,
+        "seed": 0,
+    }
+    config.update(overrides)
+    return config
+
+
+def tiny_model(num_classes: int = 4):
+    from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
+
+    torch.manual_seed(0)
+    return create_arcface_model(
+        "test_efficientnet", CLASS_NAMES[:num_classes], pretrained=False, embedding_dim=16, image_size=32
+    )
+
+
+# --- optimizer, stages, frozen BatchNorm ---------------------------------------------------------------
+
+
+def _trainer(tmp_path, model, **kwargs):
+    from transformers import TrainingArguments
+
+    from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
+    from autotrain.trainers.image_classification_custom.training import ArcFaceTrainer
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, weight_decay=0.1, max_steps=1
+    )
+    return ArcFaceTrainer(
+        model=model,
+        args=args,
+        data_collator=NormalizeCollator(model.config.image_mean, model.config.image_std),
+        sampler_factory=lambda: None,
+        backbone_lr=1e-5,
+        head_lr=1e-3,
+        **kwargs,
+    )
+
+
+def test_optimizer_has_backbone_and_head_groups(tmp_path):
+    model = tiny_model()
+    trainer = _trainer(tmp_path, model)
+    model.freeze_backbone(True)  # frozen parameters still belong to the optimizer (stage 2 needs them)
+    optimizer = trainer.create_optimizer()
+    groups = {(g["group"], g["weight_decay"]): g for g in optimizer.param_groups}
+    assert {g["lr"] for g in optimizer.param_groups if g["group"] == "backbone"} == {1e-5}
+    assert {g["lr"] for g in optimizer.param_groups if g["group"] == "head"} == {1e-3}
+    in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert in_groups == {id(p) for p in model.parameters()}
+    head_decay = {id(p) for p in groups[("head", 0.1)]["params"]}
+    assert id(model.head.weight) in head_decay and id(model.projection.weight) in head_decay
+    assert id(model.projection.bias) not in head_decay
+
+
+def _batch(model, n=8):
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
+
+    collator = NormalizeCollator(model.config.image_mean, model.config.image_std)
+    return collator([{"pixel_values": images[i], "labels": i % 4} for i in range(n)])
+
+
+def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path):
+    from autotrain.trainers.image_classification_custom.training import BackboneWarmupCallback
+
+    model = tiny_model()
+    trainer = _trainer(tmp_path, model)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() in a real run
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    backbone_weight = next(model.backbone.parameters())
+    weight_before = backbone_weight.detach().clone()
+    callback = BackboneWarmupCallback(warmup_epochs=1)
+    state = SimpleNamespace(epoch=0.0, global_step=0, is_local_process_zero=True)
+    callback.on_train_begin(None, state, None, model=model)
+    assert not backbone_weight.requires_grad and model.head.weight.requires_grad
+
+    trainer.training_step(model, _batch(model))  # calls model.train() then our compute_loss
+    assert not bn.training  # frozen backbone stays in eval mode
+    torch.testing.assert_close(bn.running_mean, before)  # statistics untouched
+    assert backbone_weight.grad is None and model.head.weight.grad is not None
+    trainer.optimizer.step()
+    torch.testing.assert_close(backbone_weight.detach(), weight_before)
+
+    state.epoch = 1.0  # stage 2, e.g. after resuming from an epoch-1 checkpoint
+    callback.on_step_begin(None, state, None, model=model)
+    assert backbone_weight.requires_grad
+    trainer.training_step(model, _batch(model))
+    assert bn.training
+    assert not torch.allclose(bn.running_mean, before)
+    assert backbone_weight.grad is not None
+
+
+def test_resolve_resume(tmp_path, monkeypatch):
+    from autotrain.trainers.image_classification_custom.params import load_params
+    from autotrain.trainers.image_classification_custom.training import resolve_resume
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_resume(load_params({"project_name": "p"})) is None
+    assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": True})) is None
+    for step in (3, 12):
+        (tmp_path / "p" / f"checkpoint-{step}").mkdir(parents=True)
+    assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "true"})) == "p/checkpoint-12"
+    assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "p/checkpoint-3"})) == (
+        "p/checkpoint-3"
+    )
+    with pytest.raises(FileNotFoundError, match="p/checkpoint-99"):
+        resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "p/checkpoint-99"}))
+
+
+def test_auto_logging_steps():
+    from autotrain.trainers.image_classification_custom.params import load_params
+    from autotrain.trainers.image_classification_custom.training import auto_logging_steps
+
+    p = load_params({"batch_size": 8})
+    assert auto_logging_steps(40, p, 1) == 1
+    assert auto_logging_steps(800, p, 1) == 20
+    assert auto_logging_steps(80000, p, 1) == 25
+
+
+def test_throughput_summary():
+    from autotrain.trainers.image_classification_custom.training import ThroughputCallback
+
+    cb = ThroughputCallback(dataset_len=100, warmup_epochs=1)
+    cb.epochs = [
+        {"stage": "head", "images": 100, "seconds": 2.0},
+        {"stage": "full", "images": 100, "seconds": 5.0},
+        {"stage": "full", "images": 100, "seconds": 5.0},
+    ]
+    summary = cb.summary()
+    assert summary["head_images_per_second"] == 50.0
+    assert summary["full_images_per_second"] == 20.0
+    assert summary["images_per_second"] == pytest.approx(300 / 12, abs=0.01)
+
+
+# --- Hub upload and model card -------------------------------------------------------------------------
+
+
+class FakeHfApi:
+    calls: list = []
+
+    def __init__(self, token=None, **kwargs):
+        FakeHfApi.calls.append(("init", {"token": token}))
+
+    def create_repo(self, **kwargs):
+        FakeHfApi.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs):
+        FakeHfApi.calls.append(("upload_folder", kwargs))
+
+
+def test_push_uses_repo_id_private_and_skips_checkpoints(monkeypatch, tmp_path):
+    from autotrain.trainers.image_classification_custom import training
+    from autotrain.trainers.image_classification_custom.params import load_params
+
+    FakeHfApi.calls = []
+    monkeypatch.setattr(training, "HfApi", FakeHfApi)
+    config = load_params({"push_to_hub": True, "username": "me", "token": "hf_x", "project_name": "p"})
+    assert training.push_folder_to_hub(config, str(tmp_path)) == "me/p"
+    kinds = [c[0] for c in FakeHfApi.calls]
+    assert kinds == ["init", "create_repo", "upload_folder"]
+    create = FakeHfApi.calls[1][1]
+    assert create["repo_id"] == "me/p" and create["private"] is True and create["exist_ok"] is True
+    upload = FakeHfApi.calls[2][1]
+    assert upload["folder_path"] == str(tmp_path) and upload["repo_id"] == "me/p"
+    assert "checkpoint-*" in upload["ignore_patterns"]
+
+
+def _metrics():
+    report = {
+        "all": {"top1": 0.5, "top5": 0.75, "mrr": 0.6, "macro_f1": 0.4, "n": 8},
+        "field": {"top1": 0.5, "top5": 0.75, "mrr": 0.6, "macro_f1": 0.4, "n": 8},
+        "herbarium_only": {"top1": 0.25, "top5": 0.5, "mrr": 0.4, "macro_f1": 0.2, "n": 2},
+    }
+    return {"validation": report, "test": report, "classes": {"with_field": 3, "herbarium_only": 1}}
+
+
+def test_model_card_metadata_and_tables(tmp_path):
+    import yaml
+
+    from autotrain.trainers.image_classification_custom.model_card import format_metric, render_model_card
+    from autotrain.trainers.image_classification_custom.params import load_params
+
+    params = load_params({"model": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "data_path": "me/plants"})
+    card = render_model_card(params.public_dict(), _metrics(), CLASS_NAMES, tsne_file="tsne.png")
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-classification"
+    assert meta["base_model"] == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    assert meta["datasets"] == ["me/plants"]
+    assert {"arcface", "plant", "herbarium", "autotrain"} <= set(meta["tags"])
+    results = meta["model-index"][0]["results"]
+    values = {m["name"]: m["value"] for r in results for m in r["metrics"]}
+    assert values["Field Top-1 (test)"] == 0.5 and values["Field MRR (validation)"] == 0.6
+    assert "trust_remote_code=True" in card and "![t-SNE" in card
+    assert f"| {format_metric(0.25)} |" in card  # the herbarium-only row
+
+    local = load_params({"model": str(tmp_path), "data_path": str(tmp_path)})
+    meta = yaml.safe_load(render_model_card(local.public_dict(), _metrics(), CLASS_NAMES).split("---")[1])
+    assert "base_model" not in meta and "datasets" not in meta
+    embedded = load_params({})
+    meta = yaml.safe_load(render_model_card(embedded.public_dict(), _metrics(), CLASS_NAMES).split("---")[1])
+    assert "base_model" not in meta
+
+
+def test_tsne_plot(tmp_path):
+    from autotrain.trainers.image_classification_custom.model_card import plot_tsne
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(24, 8))
+    path = plot_tsne(emb, np.arange(24) % 4, np.arange(24) % 2, CLASS_NAMES, str(tmp_path / "t.png"))
+    assert Path(path).stat().st_size > 1000
+
+
+def test_failed_run_exits_non_zero(monkeypatch, tmp_path, capfd):
+    """monitor swallows exceptions; train() must turn that into exit status 1."""
+    from autotrain.trainers.image_classification_custom.__main__ import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train({"project_name": "p", "data_path": "does-not-exist/autotrain-data"})
+    assert exit_info.value.code == 1
+    captured = capfd.readouterr()
+    assert "data_path 'does-not-exist/autotrain-data'" in captured.out + captured.err
+
+
+def test_training_params_json_has_no_token(monkeypatch, tmp_path):
+    from autotrain.trainers.image_classification_custom.__main__ import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        train({"project_name": "p", "data_path": "missing", "token": "hf_tokenvalue"})
+    saved = json.loads((tmp_path / "p" / "training_params.json").read_text())
+    assert "token" not in saved and "hf_tokenvalue" not in json.dumps(saved)

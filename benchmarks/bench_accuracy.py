@@ -63,7 +63,12 @@ def run(
             if variant == "stock":
                 sh.link_dataset(runs_dir / name, dataset)
                 cfg = sh.stock_config(
-                    name, backbone["stock"], epochs=s["epochs"], batch_size=s["batch_size"], lr=stock_lr, seed=seed
+                    name,
+                    backbone["stock"],
+                    epochs=s["epochs"],
+                    batch_size=s["batch_size"],
+                    lr=stock_lr,
+                    seed=seed,
                 )
                 kind = "stock"
             else:

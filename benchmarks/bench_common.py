@@ -53,7 +53,15 @@ def machine_info() -> dict[str, Any]:
         info["memory_gib"] = round(pages * page / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
-    for package in ("torch", "transformers", "timm", "datasets", "accelerate", "autotrain-advanced", "gradio"):
+    for package in (
+        "torch",
+        "transformers",
+        "timm",
+        "datasets",
+        "accelerate",
+        "autotrain-advanced",
+        "gradio",
+    ):
         try:
             info[package] = md.version(package)
         except md.PackageNotFoundError:
@@ -114,7 +122,9 @@ def sample_dataset(workdir: Path, quick: bool) -> Path:
     return dataset
 
 
-def subset_dataset(source: Path, out: Path, n_train: int, repeat_to: int | None = None, seed: int = 0) -> Path:
+def subset_dataset(
+    source: Path, out: Path, n_train: int, repeat_to: int | None = None, seed: int = 0
+) -> Path:
     """A DatasetDict with only a ``train`` split: ``n_train`` images of ``source``'s train split.
 
     ``repeat_to`` repeats the split until it has that many images (GPU throughput needs more images than

@@ -87,7 +87,8 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _ratio(ours: list[dict[str, Any]], stock: list[dict[str, Any]]) -> dict[str, Any]:
     paired = [o["images_per_s"] / s["images_per_s"] for o, s in zip(ours, stock)]
     return {
-        "ratio_of_medians": median([o["images_per_s"] for o in ours]) / median([s["images_per_s"] for s in stock]),
+        "ratio_of_medians": median([o["images_per_s"] for o in ours])
+        / median([s["images_per_s"] for s in stock]),
         "paired_ratios": [round(x, 3) for x in paired],
         "median_paired_ratio": median(paired),
     }
@@ -162,7 +163,9 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return None
 
 
-def run_gpu(workdir: str | Path, quick: bool = False, allow_cpu: bool = False, reps: int | None = None) -> dict:
+def run_gpu(
+    workdir: str | Path, quick: bool = False, allow_cpu: bool = False, reps: int | None = None
+) -> dict:
     """GPU training throughput of ViT-B/16 (random weights, bf16), ours vs stock, data loading included.
 
     Without CUDA it returns ``{"skipped": "no CUDA device"}``; ``allow_cpu=True`` (tests) runs the same

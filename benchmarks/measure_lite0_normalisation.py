@@ -12,14 +12,22 @@ architecture says ImageNet mean/std. This script measures both on real plant pho
   L2-normalised features (what the ArcFace model builds on);
 - how well the activations match the BatchNorm running statistics stored in the weights (which record
   the input distribution the network was trained on): the mean absolute log ratio between the observed
-  per-channel variance entering each BatchNorm and its running variance, for the stem's BatchNorm
-  (``stem BN var gap``, the most direct witness of the input scaling) and over all BatchNorms (``all BN var gap``); smaller is a better match.
+  per-channel variance entering each BatchNorm (on about 96 of the images) and its running variance,
+  for the stem's BatchNorm (``stem BN var gap``, the most direct witness of the input scaling) and
+  averaged over all BatchNorms (``all BN var gap``); smaller is a better match.
+
+A second, data-free witness comes from the weights themselves: the stem BatchNorm's running mean is
+``sum_c E[x_c] * sum(W_stem[:, c])`` (zero padding aside), where ``E[x_c]`` is the mean of the
+*normalised* training input. With ImageNet mean/std normalisation that mean is 0 (so the running means
+would all be about 0); with [-1, 1] scaling of ImageNet pixels it is ``2 * (0.485, 0.456, 0.406) - 1``.
+The script fits ``E[x]`` to the stored running means by least squares and compares each hypothesis's
+prediction with them (correlation, relative residual).
 
 It also tries two architecture variants the weights could have been trained with (BatchNorm eps 1e-3,
 and timm's TensorFlow-style ``tf_efficientnet_lite0`` with "same" padding), since those differ from
 timm's ``efficientnet_lite0`` as well.
 
-Usage: ``python benchmarks/measure_lite0_normalisation.py [--data DIR] [--per-class 4] [--size 224]``
+Usage: ``python benchmarks/measure_lite0_normalisation.py [--data DIR] [--per-class 4] [--size 224] [--stem-only]``
 """
 
 from __future__ import annotations
@@ -56,6 +64,33 @@ ARCHITECTURES = {
 }
 
 
+def stem_running_mean_test() -> None:
+    """Which normalisation of ImageNet pixels explains the stem BatchNorm's stored running means?"""
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    _load_embedded_weights(model)
+    weight = model.conv_stem.weight.detach().double().sum((2, 3))  # (out, 3)
+    running_mean = model.bn1.running_mean.double()
+    live = model.bn1.running_var.double() > 1e-6  # skip dead (pruned) channels
+    weight, running_mean = weight[live], running_mean[live]
+    implied = torch.linalg.lstsq(weight, running_mean.unsqueeze(1)).solution.squeeze(1)
+    pixel_mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+    print(f"stem BatchNorm: {int(live.sum())} live channels; least-squares mean of the normalised")
+    print(f"training input implied by the running means: {[round(v, 3) for v in implied.tolist()]}")
+    print("| hypothesis    | mean of normalised ImageNet input | corr. with running means | rel. residual |")
+    print("|---------------|-----------------------------------|--------------------------|---------------|")
+    for label, (mean, std) in NORMALISATIONS.items():
+        mu = (pixel_mean - torch.tensor(mean, dtype=torch.float64)) / torch.tensor(std, dtype=torch.float64)
+        predicted = weight @ mu
+        if predicted.abs().max() < 1e-9:
+            corr = float("nan")
+        else:
+            corr = torch.corrcoef(torch.stack([predicted, running_mean]))[0, 1].item()
+        residual = ((running_mean - predicted) ** 2).sum().item() / (running_mean**2).sum().item()
+        print(
+            f"| {label:13s} | {str([round(v, 3) for v in mu.tolist()]):33s} | {corr:24.3f} | {residual:13.3f} |"
+        )
+
+
 def load_images(root: Path, per_class: int, size: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     """[0, 1] float images (N, 3, size, size), squash-resized like the saved ViTImageProcessor, and labels."""
     rng = random.Random(seed)
@@ -74,42 +109,47 @@ def load_images(root: Path, per_class: int, size: int, seed: int = 0) -> tuple[t
 
 @torch.no_grad()
 def run_model(model: torch.nn.Module, images: torch.Tensor, mean, std, batch: int = 32):
-    """Softmax outputs, normalised pooled features, and |log(observed var / running var)| per BatchNorm."""
+    """Softmax outputs and L2-normalised pooled features."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    probs, feats = [], []
+    for start in range(0, len(images), batch):
+        x = (images[start : start + batch] - mean_t) / std_t
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        feats.append(F.normalize(pooled, dim=-1))
+        probs.append(model.get_classifier()(pooled).softmax(-1))
+    return torch.cat(probs).double(), torch.cat(feats).double()
+
+
+@torch.no_grad()
+def batchnorm_gaps(model: torch.nn.Module, images: torch.Tensor, mean, std) -> list[float]:
+    """Per BatchNorm: mean over live channels of |log(observed input variance / running variance)|.
+
+    Channels whose running variance is ~0 (pruned, dead channels) are skipped.
+    """
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    moments: dict[int, list[torch.Tensor]] = {i: [torch.zeros(()), 0, 0] for i in range(len(norms))}
+    observed: dict[int, torch.Tensor] = {}
 
     def hook(index):
         def fn(module, inputs):
-            x = inputs[0].double()
-            acc = moments[index]
-            if isinstance(acc[1], int):
-                acc[1] = torch.zeros(x.shape[1], dtype=torch.float64)
-                acc[2] = torch.zeros(x.shape[1], dtype=torch.float64)
-            acc[0] = acc[0] + x.shape[0] * x.shape[2] * x.shape[3]
-            acc[1] += x.sum((0, 2, 3))
-            acc[2] += (x * x).sum((0, 2, 3))
+            observed[index] = inputs[0].double().var(dim=(0, 2, 3))
 
         return fn
 
     handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(norms)]
-    probs, feats = [], []
     try:
-        for start in range(0, len(images), batch):
-            x = (images[start : start + batch] - mean_t) / std_t
-            pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-            feats.append(F.normalize(pooled, dim=-1))
-            probs.append(model.get_classifier()(pooled).softmax(-1))
+        model((images - mean_t) / std_t)
     finally:
         for handle in handles:
             handle.remove()
-    log_ratios = []
+    gaps = []
     for i, module in enumerate(norms):
-        count, total, squares = moments[i]
-        var = squares / count - (total / count) ** 2
-        log_ratios.append((var / module.running_var.double()).log().abs().mean().item())
-    return torch.cat(probs).double(), torch.cat(feats).double(), log_ratios
+        running = module.running_var.double()
+        live = (running > 1e-6) & (observed[i] > 1e-12)
+        gaps.append((observed[i][live] / running[live]).log().abs().mean().item())
+    return gaps
 
 
 def loo_accuracies(feats: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
@@ -140,7 +180,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=4)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stem-only", action="store_true", help="only the data-free stem BatchNorm test")
     args = parser.parse_args()
+    stem_running_mean_test()
+    print()
+    if args.stem_only:
+        return
     if not args.data.is_dir():
         print(f"no data at {args.data}; pass --data DIR (one folder per class)")
         return
@@ -160,7 +205,8 @@ def main() -> None:
         model = timm.create_model(arch, pretrained=False, **kwargs).eval()
         _load_embedded_weights(model)
         for norm_label, (mean, std) in NORMALISATIONS.items():
-            probs, feats, log_ratios = run_model(model, images, mean, std)
+            probs, feats = run_model(model, images, mean, std)
+            log_ratios = batchnorm_gaps(model, images[:: max(1, len(images) // 96)], mean, std)
             confidence = probs.max(1).values.mean().item()
             entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1).mean().item()
             ncm, nn1 = loo_accuracies(feats, labels)

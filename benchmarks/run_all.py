@@ -165,6 +165,13 @@ _SPEED_HEADER = [
 ]
 
 
+def _profile(s: dict[str, Any], label: str) -> str:
+    step = s["median_step_s"]
+    parts = [("waiting for data", s["median_data_s"]), ("forward+backward", s["median_fwd_bwd_s"])]
+    parts.append(("optimizer and the rest", s["median_other_s"]))
+    return f"{label} {fmt(step)} s = " + ", ".join(f"{fmt(100 * v / step, 2)}% {name}" for name, v in parts)
+
+
 def _training_md(r: dict[str, Any]) -> list[str]:
     s = r["setup"]
     full, head = r["full_vs_stock"], r["head_vs_stock"]
@@ -185,6 +192,8 @@ def _training_md(r: dict[str, Any]) -> list[str]:
         f"ratios of adjacent runs {fmt(full['paired_ratios'])}, median {fmt(full['median_paired_ratio'])}x; "
         f"target >= {CPU_TARGET_RATIO:g}x: {'met' if full['ratio_of_medians'] >= CPU_TARGET_RATIO else 'MISSED'}). "
         f"Head-only stage, ours / stock full fine-tuning: {fmt(head['ratio_of_medians'])}x.",
+        "",
+        f"Where the time goes (median per step): {_profile(r['stock'], 'stock')}; {_profile(r['ours_full'], 'ours')}.",
         "",
         "images/s = images of steps 2..N / time from the end of step 1 to the end of step N, per run (data "
         "loading, forward/backward and optimizer included; model loading, our one-off decoded-image cache "
@@ -225,7 +234,9 @@ def _accuracy_md(r: dict[str, Any]) -> list[str]:
     ]
     for variant, label in labels.items():
         row = summ[variant]
-        cells = [_acc_cell(row, f"{g}_{m}") for g in ("all", "herbarium_only") for m in ("top1", "top5", "mrr")]
+        cells = [
+            _acc_cell(row, f"{g}_{m}") for g in ("all", "herbarium_only") for m in ("top1", "top5", "mrr")
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(row['median_command_wall_s'])} |")
     lines += [
         "",
@@ -252,7 +263,8 @@ def _gpu_md(r: dict[str, Any]) -> list[str]:
         _speed_row("stock, full fine-tuning", r["stock"]),
         _speed_row("ours, full fine-tuning", r["ours_full"]),
         "",
-        f"Ours / stock: {fmt(r['ours_vs_stock'])}x.",
+        f"Ours / stock: {fmt(r['ours_vs_stock'])}x. Where the time goes (median per step): "
+        f"{_profile(r['stock'], 'stock')}; {_profile(r['ours_full'], 'ours')}.",
     ]
     if "peak_tflops" in r:
         o = r["ours_full"]
@@ -287,7 +299,10 @@ def _summary_md(sections: dict[str, Any]) -> list[str]:
     acc = sections.get("accuracy")
     if acc and acc["status"] == "ok":
         summ = acc["result"]["summary"]
-        for group, label in (("all", "all field photos"), ("herbarium_only", "species without field training photos")):
+        for group, label in (
+            ("all", "all field photos"),
+            ("herbarium_only", "species without field training photos"),
+        ):
             cells = ", ".join(
                 f"{name} {_acc_cell(summ[v], f'{group}_top1')} / {_acc_cell(summ[v], f'{group}_mrr')}"
                 for v, name in (("ours_arcface", "ArcFace"), ("ours_margin0", "margin 0"), ("stock", "stock"))
@@ -306,7 +321,9 @@ def _summary_md(sections: dict[str, Any]) -> list[str]:
         )
     else:
         text = "skipped: no CUDA device" if gpu and gpu["status"] == "ok" else _status(gpu)
-        lines.append(f"| GPU ViT-B/16 bf16 training, ours | {text} | >= {GPU_TARGET_IMAGES_PER_S:g} images/s |")
+        lines.append(
+            f"| GPU ViT-B/16 bf16 training, ours | {text} | >= {GPU_TARGET_IMAGES_PER_S:g} images/s |"
+        )
     return lines
 
 
@@ -401,13 +418,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"run only these sections (repeat or comma-separate): {', '.join(SECTIONS)}",
     )
     parser.add_argument("--seeds", type=int, default=None, help=f"accuracy seeds (default {DEFAULT_SEEDS})")
-    parser.add_argument("--reps", type=int, default=None, help="throughput runs per trainer (default 3; quick 1)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="throughput runs per trainer (default 3; quick 1)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="accuracy epochs (default 3; quick 1)")
     parser.add_argument(
-        "--stock-lr", type=float, default=DEFAULT_STOCK_LR, help="stock trainer learning rate (default %(default)g)"
+        "--stock-lr",
+        type=float,
+        default=DEFAULT_STOCK_LR,
+        help="stock trainer learning rate (default %(default)g)",
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-out", help="working folder (default bench-out/)")
-    parser.add_argument("--report", type=Path, default=None, help="report file (default BENCHMARKS.md; quick: OUT/)")
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "bench-out", help="working folder (default bench-out/)"
+    )
+    parser.add_argument(
+        "--report", type=Path, default=None, help="report file (default BENCHMARKS.md; quick: OUT/)"
+    )
     args = parser.parse_args(argv)
     selected: list[str] = []
     for item in args.only or list(SECTIONS):
@@ -461,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} {entry['status']} in {entry['seconds']:.0f} s", flush=True)
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(render(sections, run_meta, args.quick), encoding="utf-8")
-    (args.out / "results.json").write_text(json.dumps(sections, indent=1, default=str) + "\n", encoding="utf-8")
+    (args.out / "results.json").write_text(
+        json.dumps(sections, indent=1, default=str) + "\n", encoding="utf-8"
+    )
     print(f"[bench] report: {args.report}")
     if failed:
         print(f"[bench] FAILED sections: {', '.join(failed)}", file=sys.stderr)

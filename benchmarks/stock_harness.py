@@ -330,7 +330,16 @@ def run_trainer(
     log = cwd / f"{name}.log"
     timings.unlink(missing_ok=True)
     module = STOCK_MODULE if kind == "stock" else OURS_MODULE
-    cmd = [sys.executable, str(PROBE), "--out", str(timings), "-m", module, "--training_config", cfg_path.name]
+    cmd = [
+        sys.executable,
+        str(PROBE),
+        "--out",
+        str(timings),
+        "-m",
+        module,
+        "--training_config",
+        cfg_path.name,
+    ]
     start = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
         try:
@@ -432,7 +441,9 @@ def load_saved_model(kind: str, folder: str | os.PathLike):
     from transformers import AutoModelForImageClassification, ViTImageProcessor
 
     if kind == "ours":
-        from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceForImageClassification
+        from autotrain.trainers.image_classification_custom.modeling_arcface import (
+            ArcFaceForImageClassification,
+        )
 
         model = ArcFaceForImageClassification.from_pretrained(folder)
     else:

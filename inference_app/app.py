@@ -13,6 +13,7 @@ nothing launches unless the file is run as a script.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import os
@@ -31,12 +32,13 @@ from gradio.components.plot import PlotData
 
 from inference_app.identification import COMBINE_METHODS, Identification, identify, softmax
 from inference_app.images import InvalidImageError, load_image
-from inference_app.predictor import DEFAULT_MODEL, ModelNotFoundError, Predictor
+from inference_app.predictor import DEFAULT_MODEL, ModelNotFoundError, Predictor, default_num_threads
 from inference_app.reference import ReferenceIndex, ReferenceSetError, default_cache_dir, load_reference_set
 from inference_app.taxonomy import Taxonomy, TaxonomyError
 from inference_app.tsne_map import TSNEMap
 
 logger = logging.getLogger("inference_app")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MAX_PHOTOS = 8
 NO_MAP_TEXT = (
@@ -45,7 +47,9 @@ NO_MAP_TEXT = (
     "`DATA/<species>/*.jpg` or `DATA/{herbarium,field}/<species>/*.jpg`, or a Hub dataset id. "
     "The map is computed once and cached."
 )
-NO_REFERENCE_TEXT = "No reference set loaded: start the app with `--reference DATA` to see the nearest specimens."
+NO_REFERENCE_TEXT = (
+    "No reference set loaded: start the app with `--reference DATA` to see the nearest specimens."
+)
 INTRO = (
     "Upload one or several photos **of the same plant** (leaf, flower, fruit, bark). The model ranks "
     "the species it knows, says when it is not confident, and shows the reference specimens "
@@ -80,7 +84,9 @@ class MapRenderer:
     def render(self, coords: np.ndarray | None = None, names: Sequence[str] = ()) -> str:
         traces = self._traces
         if coords is not None and len(coords):
-            query = self.tsne_map.figure([], [], query_coords=coords, query_names=list(names)).to_plotly_json()
+            query = self.tsne_map.figure(
+                [], [], query_coords=coords, query_names=list(names)
+            ).to_plotly_json()
             query_trace = query["data"][-1]
             query_trace["x"], query_trace["y"] = coords[:, 0].tolist(), coords[:, 1].tolist()
             traces += "," + json.dumps(query_trace, default=lambda v: v.tolist())
@@ -133,7 +139,8 @@ def analyse_photos(
         except InvalidImageError as error:
             skipped.append(f"photo {number}: {error}" if len(photos) > 1 else str(error))
     if not images:
-        raise gr.Error("Cannot use this upload: " + "; ".join(skipped), print_exception=False)
+        reasons = html.escape("; ".join(skipped), quote=False)  # the message is rendered as HTML
+        raise gr.Error(f"Cannot use this upload: {reasons}", print_exception=False)
     embeddings, logits = predictor.embed_and_logits(images)
     result = identify(
         softmax(logits),
@@ -227,7 +234,10 @@ def build_demo(
                 status = gr.Markdown("Upload photos and press **Identify**.", elem_id="status")
                 species = gr.Label(num_top_classes=settings.top_k, label="Species", elem_id="species")
                 genus = gr.Label(
-                    num_top_classes=settings.top_k, label="Genus", visible=taxonomy is not None, elem_id="genus"
+                    num_top_classes=settings.top_k,
+                    label="Genus",
+                    visible=taxonomy is not None,
+                    elem_id="genus",
                 )
                 family = gr.Label(
                     num_top_classes=settings.top_k,
@@ -251,7 +261,9 @@ def build_demo(
             with gr.Tab("t-SNE map"):
                 if renderer is None:
                     gr.Markdown(NO_MAP_TEXT, elem_id="no-map")
-                plot = gr.Plot(label="Reference embeddings (t-SNE)", visible=renderer is not None, elem_id="map")
+                plot = gr.Plot(
+                    label="Reference embeddings (t-SNE)", visible=renderer is not None, elem_id="map"
+                )
         embeddings_state = gr.State(None)
 
         event = button.click(
@@ -289,7 +301,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-split", default=_env("REFERENCE_SPLIT"), help="use only this split")
     parser.add_argument("--no-reference", action="store_true", help="do not load any reference set")
     parser.add_argument("--no-map", action="store_true", help="skip the t-SNE map")
-    parser.add_argument("--taxonomy", default=_env("TAXONOMY"), help="CSV with columns species,genus[,family]")
+    parser.add_argument(
+        "--taxonomy", default=_env("TAXONOMY"), help="CSV with columns species,genus[,family]"
+    )
     parser.add_argument(
         "--genus-from-name",
         action="store_true",
@@ -302,8 +316,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=float(_env("THRESHOLD", 0.5)),
         help="below this probability the answer is 'uncertain' (default %(default)s)",
     )
-    parser.add_argument("--top-k", type=int, default=int(_env("TOP_K", 5)), help="species shown (default %(default)s)")
-    parser.add_argument("--neighbours", type=int, default=6, help="reference specimens shown (default %(default)s)")
+    parser.add_argument(
+        "--top-k", type=int, default=int(_env("TOP_K", 5)), help="species shown (default %(default)s)"
+    )
+    parser.add_argument(
+        "--neighbours", type=int, default=6, help="reference specimens shown (default %(default)s)"
+    )
     parser.add_argument(
         "--combine",
         choices=COMBINE_METHODS,
@@ -313,18 +331,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "127.0.0.1"), help="default %(default)s")
     parser.add_argument("--port", type=int, default=int(_env("PORT", _env("GRADIO_SERVER_PORT", 7860))))
-    parser.add_argument("--max-file-size", default="25mb", help="largest upload accepted (default %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default %(default)s)")
-    parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most (default %(default)s)")
+    parser.add_argument(
+        "--max-file-size", default="25mb", help="largest upload accepted (default %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="requests computed at once (default %(default)s)"
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=64, help="requests waiting at most (default %(default)s)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per request (default: cores // concurrency, so that concurrent requests "
+        "do not fight over the cores)",
+    )
     parser.add_argument("--cache-dir", default=None, help="where reference embeddings and the map are cached")
     return parser.parse_args(argv)
 
 
 def load_components(args: argparse.Namespace):
     """Load the model, reference index, map and taxonomy that ``args`` asks for (with progress logs)."""
-    predictor = Predictor.from_pretrained(args.model, device=args.device, num_threads=args.threads)
+    model = args.model
+    if model == DEFAULT_MODEL and not Path(model).exists() and (REPO_ROOT / DEFAULT_MODEL).is_dir():
+        model = str(REPO_ROOT / DEFAULT_MODEL)  # the README's default run, started from another folder
+    threads = args.threads or max(1, default_num_threads() // max(1, args.concurrency))
+    predictor = Predictor.from_pretrained(model, device=args.device, num_threads=threads)
     taxonomy = None
     if args.taxonomy:
         taxonomy = Taxonomy.from_csv(args.taxonomy)
@@ -344,7 +378,11 @@ def load_components(args: argparse.Namespace):
     examples: list[Path] = []
     if reference_source and not args.no_reference:
         reference = load_reference_set(reference_source, split=args.reference_split)
-        cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir(predictor.model_dir, predictor.from_hub)
+        cache_dir = (
+            Path(args.cache_dir)
+            if args.cache_dir
+            else default_cache_dir(predictor.model_dir, predictor.from_hub)
+        )
         logger.info("reference set %s: %d images", reference.source, len(reference))
         index = ReferenceIndex.build(predictor, reference, cache_dir=cache_dir)
         key = ReferenceIndex.cache_key(predictor.model_hash, reference)

@@ -107,7 +107,9 @@ def load_image(
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(stream)
         except UnidentifiedImageError as error:
-            raise InvalidImageError(f"{name} is not an image Pillow can read (unknown or corrupt format)") from error
+            raise InvalidImageError(
+                f"{name} is not an image Pillow can read (unknown or corrupt format)"
+            ) from error
         except Image.DecompressionBombError as error:
             raise InvalidImageError(f"{name} is too large to open safely ({error})") from error
         except OSError as error:

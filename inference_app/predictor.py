@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -54,11 +55,25 @@ def _import_model_class():
     return ArcFaceForImageClassification
 
 
+class _EmbedAndLogits(torch.nn.Module):
+    """embed + head.get_logits in one module (one backbone pass; traceable)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.model.embed(pixel_values)
+        return embeddings, self.model.head.get_logits(embeddings)
+
+
 class ModelNotFoundError(FileNotFoundError):
     """The model folder or Hub repository cannot be found; the message says how to get one."""
 
 
-def resolve_model_dir(model: str | Path, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
+def resolve_model_dir(
+    model: str | Path, revision: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """A local model folder for ``model``: the folder itself, or a (cached) Hub snapshot.
 
     Args:
@@ -72,7 +87,9 @@ def resolve_model_dir(model: str | Path, revision: str | None = None, cache_dir:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json, so it is not a trained model folder: {TRAIN_HINT}")
+            raise ModelNotFoundError(
+                f"{path} has no config.json, so it is not a trained model folder: {TRAIN_HINT}"
+            )
         return path
     if not _REPO_ID.match(str(model)) or str(model).startswith((".", "/")):
         raise ModelNotFoundError(f"model folder '{model}' does not exist: {TRAIN_HINT}")
@@ -149,7 +166,8 @@ class Preprocessing:
         if self.shortest_edge:
             scale = self.shortest_edge / min(image.size)
             resized = image.resize(
-                (max(width, round(image.width * scale)), max(height, round(image.height * scale))), self.resample
+                (max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                self.resample,
             )
             left, top = (resized.width - width) // 2, (resized.height - height) // 2
             image = resized.crop((left, top, left + width, top + height))
@@ -191,6 +209,9 @@ class Predictor:
         batch_size: images per forward pass for ``embed``/``predict`` on many images.
         channels_last: use the channels-last memory format (faster convolutions on CPU).
         from_hub: the folder is a Hub snapshot (caches then go to a user cache folder).
+        optimize: on CPU, run a frozen TorchScript copy (batch norm folded into convolutions, oneDNN
+            kernels): about 1.7x faster for the embedded EfficientNet-Lite0. It is checked against the
+            eager model at load time and skipped if it differs or cannot be built. ``model`` stays eager.
     """
 
     def __init__(
@@ -202,6 +223,7 @@ class Predictor:
         batch_size: int = 32,
         channels_last: bool = True,
         from_hub: bool = False,
+        optimize: bool = True,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -212,6 +234,9 @@ class Predictor:
         self.from_hub = from_hub
         id2label = {int(i): name for i, name in model.config.id2label.items()}
         self.labels: list[str] = [id2label[i] for i in range(len(id2label))]
+        self.optimized = None
+        if optimize and self.device.type == "cpu":
+            self.optimized = self._build_optimized()
 
     @classmethod
     def from_pretrained(
@@ -282,17 +307,35 @@ class Predictor:
         longest = max(self.preprocessing.size) * 2
         return [load_image(image, max_side=max(longest, 256)) for image in images]
 
+    def _build_optimized(self):
+        """A frozen, traced copy of embed + logits, or None when it cannot be built or disagrees."""
+        height, width = self.preprocessing.size
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.randn(2, 3, height, width, generator=generator).contiguous(
+            memory_format=self.memory_format
+        )
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # TorchScript is deprecated in favour of torch.compile
+                traced = torch.jit.trace(_EmbedAndLogits(self.model), sample[:1], check_trace=False)
+                optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                expected = _EmbedAndLogits(self.model)(sample)
+                got = optimized(sample)
+            if all(torch.allclose(a, b, atol=1e-3, rtol=1e-4) for a, b in zip(got, expected)):
+                return optimized
+            logger.warning("optimized model disagrees with the eager model: using the eager model")
+        except Exception as error:  # tracing is best effort: some backbones cannot be traced
+            logger.info("running the eager model (tracing failed: %s)", error)
+        return None
+
     @torch.inference_mode()
     def _forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass -> (L2-normalised embeddings, logits without margin)."""
         pixel_values = pixel_values.to(self.device, memory_format=self.memory_format, non_blocking=True)
-        head = getattr(self.model, "head", None)
-        if head is not None and hasattr(head, "get_logits"):
-            embeddings = self.model.embed(pixel_values)
-            logits = head.get_logits(embeddings)
+        if self.optimized is not None:
+            embeddings, logits = self.optimized(pixel_values)
         else:
-            embeddings = self.model.embed(pixel_values)
-            logits = self.model(pixel_values=pixel_values).logits
+            embeddings, logits = _EmbedAndLogits(self.model)(pixel_values)
         return embeddings.float().cpu(), logits.float().cpu()
 
     def embed_and_logits(self, images: Sequence[ImageSource] | ImageSource) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +358,9 @@ class Predictor:
         """Class probabilities ``(N, C)``: the softmax of the model's logits."""
         return softmax(self.logits(images)).astype(np.float32)
 
-    def predict(self, images: Sequence[ImageSource] | ImageSource, k: int = 5) -> list[list[tuple[str, float]]]:
+    def predict(
+        self, images: Sequence[ImageSource] | ImageSource, k: int = 5
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` species per image, most probable first: ``[[(species, probability), ...], ...]``."""
         probs = self.predict_proba(images)
         k = max(1, min(k, self.num_classes))

@@ -33,9 +33,19 @@ from inference_app.images import load_image
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-DOMAIN_FOLDERS = {"herbarium": "herbarium", "field": "field", "test": "field", "photo": "field", "photos": "field"}
+DOMAIN_FOLDERS = {
+    "herbarium": "herbarium",
+    "field": "field",
+    "test": "field",
+    "photo": "field",
+    "photos": "field",
+}
 CACHE_VERSION = 1
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _short_hash(text: str, length: int = 16) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 class ReferenceSetError(ValueError):
@@ -72,7 +82,7 @@ class ReferenceSet:
     def subset(self, indices: Sequence[int]) -> ReferenceSet:
         """The items at ``indices`` (for quick tests and benchmarks)."""
         indices = [int(i) for i in indices]
-        digest = hashlib.sha256(f"{self.fingerprint}:{indices}".encode()).hexdigest()[:16]
+        digest = _short_hash(f"{self.fingerprint}:{indices}")
         return ReferenceSet(
             species=[self.species[i] for i in indices],
             domain=[self.domain[i] for i in indices],
@@ -198,7 +208,7 @@ def load_reference_set(source: str | Path, split: str | None = None) -> Referenc
             if split not in splits:
                 raise ReferenceSetError(f"{path} has no split '{split}' (it has {sorted(splits)})")
             splits = {split: splits[split]}
-        fingerprint = hashlib.sha256(f"{_dataset_fingerprint(path)}:{sorted(splits)}".encode()).hexdigest()[:16]
+        fingerprint = _short_hash(f"{_dataset_fingerprint(path)}:{sorted(splits)}")
         return _from_datasets(splits, fingerprint, str(path))
     if path.is_dir():
         return _from_folder(path)
@@ -208,11 +218,13 @@ def load_reference_set(source: str | Path, split: str | None = None) -> Referenc
         try:
             loaded = load_dataset(str(source), split=split)
         except Exception as error:  # datasets raises many types for a missing repo
-            raise ReferenceSetError(f"reference set '{source}' is neither a folder nor a loadable Hub dataset: {error}") from error
-        splits = {split or "data": loaded} if split is not None or not hasattr(loaded, "keys") else dict(loaded)
-        fingerprint = hashlib.sha256(
-            ":".join(f"{name}={ds._fingerprint}" for name, ds in sorted(splits.items())).encode()
-        ).hexdigest()[:16]
+            raise ReferenceSetError(
+                f"reference set '{source}' is neither a folder nor a loadable Hub dataset: {error}"
+            ) from error
+        splits = dict(loaded) if hasattr(loaded, "keys") else {split or "data": loaded}
+        fingerprint = _short_hash(
+            ":".join(f"{name}={ds._fingerprint}" for name, ds in sorted(splits.items()))
+        )
         return _from_datasets(splits, fingerprint, str(source))
     raise ReferenceSetError(f"reference set '{source}' does not exist")
 
@@ -242,7 +254,9 @@ def default_cache_dir(model_dir: Path | None, from_hub: bool = False) -> Path:
         folder = Path(model_dir) / ".reference_cache"
         if _writable_dir(folder):
             return folder
-        logger.info("model folder %s is read-only: caching reference embeddings in %s", model_dir, user_cache_dir())
+        logger.info(
+            "model folder %s is read-only: caching reference embeddings in %s", model_dir, user_cache_dir()
+        )
     folder = user_cache_dir() / "reference_cache"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -277,7 +291,9 @@ class ReferenceIndex:
         from_cache: whether they were read from the cache rather than computed.
     """
 
-    def __init__(self, reference: ReferenceSet, embeddings: np.ndarray, cache_path: Path | None, from_cache: bool):
+    def __init__(
+        self, reference: ReferenceSet, embeddings: np.ndarray, cache_path: Path | None, from_cache: bool
+    ):
         self.reference = reference
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         self.cache_path = cache_path
@@ -285,7 +301,7 @@ class ReferenceIndex:
 
     @staticmethod
     def cache_key(model_hash: str, reference: ReferenceSet) -> str:
-        return hashlib.sha256(f"v{CACHE_VERSION}:{model_hash}:{reference.fingerprint}".encode()).hexdigest()[:20]
+        return _short_hash(f"v{CACHE_VERSION}:{model_hash}:{reference.fingerprint}", 20)
 
     @classmethod
     def build(
@@ -357,7 +373,9 @@ class ReferenceIndex:
         top = np.argpartition(-similarity, n - 1)[:n] if n < len(similarity) else np.arange(len(similarity))
         top = top[np.argsort(-similarity[top], kind="stable")]
         ref = self.reference
-        return [Neighbour(int(i), ref.species[i], ref.domain[i], ref.ids[i], float(similarity[i])) for i in top]
+        return [
+            Neighbour(int(i), ref.species[i], ref.domain[i], ref.ids[i], float(similarity[i])) for i in top
+        ]
 
     def thumbnail(self, index: int, size: int = 256) -> Image.Image:
         """A small RGB copy of reference image ``index``."""

@@ -104,7 +104,9 @@ class Taxonomy:
     def has_family(self) -> bool:
         return bool(self.family)
 
-    def rollup(self, labels: Sequence[str], probs: np.ndarray, rank: str = "genus") -> list[tuple[str, float]]:
+    def rollup(
+        self, labels: Sequence[str], probs: np.ndarray, rank: str = "genus"
+    ) -> list[tuple[str, float]]:
         """Sum species probabilities per genus or family, most probable first.
 
         Args:

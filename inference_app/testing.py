@@ -14,7 +14,9 @@ from PIL import Image, ImageDraw
 SPECIES = ("Quercus robur", "Quercus ilex", "Fagus sylvatica", "Acer campestre")
 
 
-def make_tiny_model(folder: Path, species: Sequence[str] = SPECIES, image_size: int = 64, seed: int = 0) -> Path:
+def make_tiny_model(
+    folder: Path, species: Sequence[str] = SPECIES, image_size: int = 64, seed: int = 0
+) -> Path:
     """A randomly initialised ``resnet10t`` ArcFace model saved with ``save_arcface_model``."""
     import torch
 
@@ -35,10 +37,14 @@ def make_tiny_model(folder: Path, species: Sequence[str] = SPECIES, image_size: 
     return save_arcface_model(model.eval(), folder)
 
 
-def plant_image(species_index: int, variant: int, domain: str = "field", size: tuple[int, int] = (96, 80)) -> Image.Image:
+def plant_image(
+    species_index: int, variant: int, domain: str = "field", size: tuple[int, int] = (96, 80)
+) -> Image.Image:
     """A synthetic picture whose colours and shape depend on the species (and a little on ``variant``)."""
     rng = np.random.default_rng([species_index, variant, domain == "field"])
-    hue = np.array([(70 * species_index) % 256, (150 + 40 * species_index) % 256, (30 * species_index + 90) % 256])
+    hue = np.array(
+        [(70 * species_index) % 256, (150 + 40 * species_index) % 256, (30 * species_index + 90) % 256]
+    )
     background = (235, 228, 205) if domain == "herbarium" else tuple(int(v) for v in rng.integers(40, 120, 3))
     image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)
@@ -91,7 +97,9 @@ def make_reference_dataset(
                 rows["label"].append(order.index(name))
                 rows["domain"].append(0 if domain == "herbarium" else 1)
                 rows["path"].append(f"{domain}/{name}/{domain[0]}{j:02d}.jpg")
-    DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()}).save_to_disk(str(path))
+    DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()}).save_to_disk(
+        str(path)
+    )
     return path
 
 

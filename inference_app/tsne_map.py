@@ -94,7 +94,9 @@ class TSNEMap:
             verbose=False,
         )
         embedding = tsne.fit(embeddings)
-        logger.info("t-SNE map of %d embeddings fitted in %.1fs", len(embeddings), time.perf_counter() - start)
+        logger.info(
+            "t-SNE map of %d embeddings fitted in %.1fs", len(embeddings), time.perf_counter() - start
+        )
         tsne_map = cls(embeddings, np.asarray(embedding), perplexity, n_jobs, random_state)
         embedding[:] = tsne_map.coords  # keep the fitted affinities, with the centred coordinates
         tsne_map._embedding = embedding
@@ -157,9 +159,14 @@ class TSNEMap:
                 verbose=False,
             )
             self._embedding = TSNEEmbedding(self.coords.copy(), affinities, random_state=self.random_state)
-        # One thread for placing a handful of points: thread start-up costs more than it saves
-        # (measured: 50 iterations take 34 ms of CPU with 1 thread, 1.4 s with 2 on a busy 2-core box).
-        self._embedding.gradient_descent_params["n_jobs"] = 1
+        # Placing a handful of points: one thread (joblib/thread start-up costs more than it saves: 50
+        # iterations took 34 ms of CPU with 1 thread and 1.4 s with 2 on a busy 2-core machine) and FFT
+        # repulsion ("auto" picks Barnes-Hut below 10,000 points: 10x slower for one query among 5,000).
+        self._embedding.gradient_descent_params.update(n_jobs=1, negative_gradient_method="fft")
+        affinities = self._embedding.affinities
+        affinities.n_jobs = 1
+        if getattr(affinities, "knn_index", None) is not None:
+            affinities.knn_index.n_jobs = 1
         return self._embedding
 
     def prepare(self) -> None:
@@ -236,7 +243,11 @@ class TSNEMap:
             )
         if query_coords is not None and len(query_coords):
             query_coords = np.atleast_2d(query_coords)
-            names = list(query_names) if query_names else [f"your photo {i + 1}" for i in range(len(query_coords))]
+            names = (
+                list(query_names)
+                if query_names
+                else [f"your photo {i + 1}" for i in range(len(query_coords))]
+            )
             fig.add_trace(
                 go.Scatter(
                     x=query_coords[:, 0],
@@ -245,7 +256,12 @@ class TSNEMap:
                     name="your photo",
                     text=names,
                     textposition="top center",
-                    marker={"symbol": QUERY_SYMBOL, "size": 20, "color": "black", "line": {"width": 2, "color": "gold"}},
+                    marker={
+                        "symbol": QUERY_SYMBOL,
+                        "size": 20,
+                        "color": "black",
+                        "line": {"width": 2, "color": "gold"},
+                    },
                     hovertemplate="<b>%{text}</b><extra></extra>",
                 )
             )

@@ -34,6 +34,8 @@ from inference_app.identification import combine_probabilities
 from inference_app.testing import SPECIES, free_port, make_reference_dataset, make_tiny_model, plant_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# gradio's own use of a renamed Starlette constant; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:'HTTP_422_UNPROCESSABLE_ENTITY' is deprecated")
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -67,7 +69,15 @@ def server(tmp_path_factory):
     settings = AppSettings(top_k=3, threshold=0.5, examples=examples)
     demo = build_demo(predictor, index, tsne_map, taxonomy, settings)
     port = free_port()
-    launch(demo, port=port, max_file_size="2mb", concurrency=2, queue_size=64, prevent_thread_lock=True, quiet=True)
+    launch(
+        demo,
+        port=port,
+        max_file_size="2mb",
+        concurrency=2,
+        queue_size=64,
+        prevent_thread_lock=True,
+        quiet=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     yield {"url": url, "predictor": predictor, "index": index, "demo": demo, "model_dir": model_dir}
     demo.close()
@@ -87,7 +97,7 @@ def _gallery(*paths: Path) -> list[dict]:
 
 def test_every_event_has_an_api_name(server):
     names = {fn.api_name for fn in server["demo"].fns.values()}
-    assert {"identify", "place_on_map", "reference_map"} <= names
+    assert {"identify", "place_on_map", "reference_map", "load_example"} <= names
     assert None not in names
     endpoints = _client(server["url"]).view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert {"/identify", "/place_on_map", "/reference_map"} <= set(endpoints)
@@ -95,7 +105,9 @@ def test_every_event_has_an_api_name(server):
 
 def test_identify_through_gradio_client(server, photos):
     client = _client(server["url"])
-    status, species, genus, family, neighbours = client.predict(_gallery(photos["good2"]), api_name="/identify")
+    status, species, genus, family, neighbours = client.predict(
+        _gallery(photos["good2"]), api_name="/identify"
+    )
     expected = server["predictor"].predict([photos["good2"]], k=3)[0]
     assert species["label"] == expected[0][0]
     assert [c["label"] for c in species["confidences"]] == [name for name, _ in expected]
@@ -167,7 +179,11 @@ def test_only_the_apps_own_files_are_served(server):
     # a path that was not uploaded cannot be passed as an input either
     response = httpx.post(
         server["url"] + "gradio_api/call/identify",
-        json={"data": [[{"image": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "caption": None}]]},
+        json={
+            "data": [
+                [{"image": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "caption": None}]
+            ]
+        },
         timeout=10,
     )
     event_id = response.json()["event_id"]
@@ -207,6 +223,31 @@ def test_script_missing_model_exits_cleanly(tmp_path):
 
 
 @pytest.mark.slow
+def test_exported_space_runs_without_the_project(server, tmp_path):
+    """The Space folder loads the model with its own copy of modeling_arcface.py (no autotrain)."""
+    from inference_app.export_space import export_space
+
+    out = export_space(tmp_path / "space", model_id=str(server["model_dir"]))
+    assert "sdk: gradio" in (out / "README.md").read_text()
+    code = (
+        "import sys; sys.modules['autotrain'] = None\n"  # the project is not installed on a Space
+        "import inference_app\n"
+        "from inference_app.app import load_components, parse_args\n"
+        "predictor, index, *_ = load_components(parse_args(['--no-map', '--threads', '1']))\n"
+        "print(inference_app.__file__, type(predictor.model).__module__, len(index))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODEL_ID": str(server["model_dir"])}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=out, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    package_file, module, n_reference = result.stdout.split()[-3:]
+    assert Path(package_file).is_relative_to(out)
+    assert module == "inference_app.modeling_arcface"
+    assert int(n_reference) == len(server["index"])
+
+
+@pytest.mark.slow
 def test_load_200_requests_20_at_a_time_plus_20_bad_uploads(server, photos):
     """Zero server errors; every bad upload is answered with a reason, never a generic error."""
     from gradio_client.exceptions import AppError
@@ -224,7 +265,11 @@ def test_load_200_requests_20_at_a_time_plus_20_bad_uploads(server, photos):
         start = time.perf_counter()
         try:
             _, species, *_ = local.client.predict(_gallery(path), api_name="/identify")
-            return kind, "ok" if species["label"] in SPECIES else f"bad answer {species}", time.perf_counter() - start
+            return (
+                kind,
+                "ok" if species["label"] in SPECIES else f"bad answer {species}",
+                time.perf_counter() - start,
+            )
         except AppError as error:
             return kind, f"app-error: {error}", time.perf_counter() - start
         except Exception as error:  # transport or server failure
@@ -237,7 +282,8 @@ def test_load_200_requests_20_at_a_time_plus_20_bad_uploads(server, photos):
     assert good_results == ["ok"] * 200, [r for r in good_results if r != "ok"][:5]
     assert len(bad_results) == 20
     assert all(
-        r.startswith("app-error:") and ("corrupt or incomplete" in r or "not an image" in r) for r in bad_results
+        r.startswith("app-error:") and ("corrupt or incomplete" in r or "not an image" in r)
+        for r in bad_results
     ), bad_results[:5]
 
 

@@ -55,7 +55,9 @@ def test_saved_dataset_uses_all_splits_or_one(dataset_dir):
 
 
 def test_folder_layouts(tmp_path):
-    data_prep_layout = load_reference_set(make_reference_folder(tmp_path / "layout", n_herbarium=2, n_field=1))
+    data_prep_layout = load_reference_set(
+        make_reference_folder(tmp_path / "layout", n_herbarium=2, n_field=1)
+    )
     assert len(data_prep_layout) == len(SPECIES) * 3
     assert data_prep_layout.domain.count("field") == len(SPECIES)
     assert data_prep_layout.species[0] in SPECIES
@@ -85,19 +87,27 @@ def test_embeddings_are_cached_and_reused(predictor, dataset_dir, tmp_path):
     assert counting.embedded == len(reference) and not first.from_cache
     assert first.cache_path.is_file()
 
-    second = ReferenceIndex.build(counting, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False)
+    second = ReferenceIndex.build(
+        counting, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False
+    )
     assert counting.embedded == len(reference), "the second load must not recompute"
     assert second.from_cache
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
-    np.testing.assert_allclose(first.embeddings[:3], predictor.embed([reference.loader(i) for i in range(3)]), atol=1e-5)
+    np.testing.assert_allclose(
+        first.embeddings[:3], predictor.embed([reference.loader(i) for i in range(3)]), atol=1e-5
+    )
 
 
 def test_cache_key_changes_with_the_data(predictor, tmp_path):
     root = make_reference_folder(tmp_path / "ref", n_herbarium=1, n_field=1)
     counting = CountingPredictor(predictor)
     ReferenceIndex.build(counting, load_reference_set(root), cache_dir=tmp_path / "cache", progress=False)
-    (root / "field" / SPECIES[0] / "f00.jpg").write_bytes((root / "field" / SPECIES[1] / "f00.jpg").read_bytes())
-    rebuilt = ReferenceIndex.build(counting, load_reference_set(root), cache_dir=tmp_path / "cache", progress=False)
+    (root / "field" / SPECIES[0] / "f00.jpg").write_bytes(
+        (root / "field" / SPECIES[1] / "f00.jpg").read_bytes()
+    )
+    rebuilt = ReferenceIndex.build(
+        counting, load_reference_set(root), cache_dir=tmp_path / "cache", progress=False
+    )
     assert not rebuilt.from_cache and counting.embedded == 2 * len(rebuilt)
 
 
@@ -108,11 +118,16 @@ def test_cache_goes_to_model_folder_or_user_cache_when_read_only(tmp_path, monke
     monkeypatch.setenv("HERBARIUM_APP_CACHE", str(tmp_path / "user-cache"))
     monkeypatch.setattr(reference_module, "_writable_dir", lambda folder: False)
     assert reference_module.default_cache_dir(model_dir) == tmp_path / "user-cache" / "reference_cache"
-    assert reference_module.default_cache_dir(model_dir, from_hub=True) == tmp_path / "user-cache" / "reference_cache"
+    assert (
+        reference_module.default_cache_dir(model_dir, from_hub=True)
+        == tmp_path / "user-cache" / "reference_cache"
+    )
 
 
 def test_nearest_neighbour_of_a_reference_image_is_itself(predictor, dataset_dir, tmp_path):
-    index = ReferenceIndex.build(predictor, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False)
+    index = ReferenceIndex.build(
+        predictor, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False
+    )
     query = predictor.embed(index.reference.loader(7))[0]
     neighbours = index.neighbours(query, n=3)
     assert neighbours[0].index == 7 and neighbours[0].similarity == pytest.approx(1.0, abs=1e-4)
@@ -124,7 +139,9 @@ def test_nearest_neighbour_of_a_reference_image_is_itself(predictor, dataset_dir
 
 
 def test_tsne_placement_lands_next_to_its_own_point(predictor, dataset_dir, tmp_path, monkeypatch):
-    index = ReferenceIndex.build(predictor, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False)
+    index = ReferenceIndex.build(
+        predictor, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False
+    )
     tsne_map = TSNEMap.load_or_fit(index.embeddings, tmp_path, n_iter=250)
     assert tsne_map.coords.shape == (len(index), 2) and not tsne_map.from_cache
 
@@ -147,7 +164,9 @@ def test_tsne_placement_lands_next_to_its_own_point(predictor, dataset_dir, tmp_
 
 
 def test_map_figure_colours_species_and_shapes_domains(predictor, dataset_dir, tmp_path):
-    index = ReferenceIndex.build(predictor, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False)
+    index = ReferenceIndex.build(
+        predictor, load_reference_set(dataset_dir), cache_dir=tmp_path, progress=False
+    )
     tsne_map = TSNEMap(index.embeddings, np.random.default_rng(0).normal(size=(len(index), 2)))
     ref = index.reference
     figure = tsne_map.figure(ref.species, ref.domain, ref.ids, query_coords=np.zeros((1, 2)))
@@ -197,7 +216,10 @@ def test_taxonomy_from_names_only_when_asked_and_bad_files():
     assert not taxonomy.has_family
     rolled = taxonomy.rollup([*LABELS, "unknown sp"], np.array([0.1, 0.1, 0.1, 0.3, 0.4]))
     assert rolled[0] == (UNLISTED, 0.4)
-    assert identify(np.array([0.1, 0.1, 0.1, 0.3, 0.4]), [*LABELS, "unknown sp"], taxonomy=taxonomy).level == "uncertain"
+    assert (
+        identify(np.array([0.1, 0.1, 0.1, 0.3, 0.4]), [*LABELS, "unknown sp"], taxonomy=taxonomy).level
+        == "uncertain"
+    )
 
 
 def test_taxonomy_csv_errors(tmp_path):

@@ -66,7 +66,9 @@ def test_backbone_folders_load_in_transformers_and_timm(tmp_path):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     paths = sh.random_backbone_folders(tmp_path, "test_efficientnet", 64)
-    stock = AutoModelForImageClassification.from_pretrained(paths["stock"], num_labels=3, ignore_mismatched_sizes=True)
+    stock = AutoModelForImageClassification.from_pretrained(
+        paths["stock"], num_labels=3, ignore_mismatched_sizes=True
+    )
     assert type(stock).__name__ == "TimmWrapperForImageClassification"
     processor = AutoImageProcessor.from_pretrained(paths["stock"])
     assert type(processor).__name__ == "ViTImageProcessor" and processor.size == {"height": 64, "width": 64}
@@ -87,10 +89,20 @@ def test_gpu_section_is_skipped_without_cuda(tmp_path, monkeypatch):
 
 
 def test_report_round_trip_and_failed_section_has_no_numbers(tmp_path):
-    meta = {"date": "2026-01-01T00:00:00", "machine_line": "test cpu", "command": "python x --only a", "sections": []}
+    meta = {
+        "date": "2026-01-01T00:00:00",
+        "machine_line": "test cpu",
+        "command": "python x --only a",
+        "sections": [],
+    }
     sections = {
         "gpu": {"status": "ok", "result": {"skipped": "no CUDA device"}, "meta": meta, "seconds": 0.1},
-        "training": {"status": "failed", "error": "BenchError: stock run failed", "meta": meta, "seconds": 1.0},
+        "training": {
+            "status": "failed",
+            "error": "BenchError: stock run failed",
+            "meta": meta,
+            "seconds": 1.0,
+        },
     }
     text = run_all.render(sections, meta, quick=False)
     assert "Skipped: no CUDA device" in text
@@ -127,7 +139,15 @@ def quick_out(tmp_path_factory):
 def test_run_all_quick_end_to_end(quick_out):
     report = quick_out / "BENCHMARKS.md"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--out", str(quick_out), "--report", str(report)],
+        [
+            sys.executable,
+            str(BENCH / "run_all.py"),
+            "--quick",
+            "--out",
+            str(quick_out),
+            "--report",
+            str(report),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -148,7 +168,10 @@ def test_run_all_quick_end_to_end(quick_out):
     for variant in ("ours_arcface", "ours_margin0", "stock"):
         assert 0.0 <= summary[variant]["all_top1"]["mean"] <= 1.0
         assert summary[variant]["all_n"] > 0
-    assert "skipped" in sections["gpu"]["result"] or sections["gpu"]["result"]["ours_full"]["median_images_per_s"] > 0
+    assert (
+        "skipped" in sections["gpu"]["result"]
+        or sections["gpu"]["result"]["ours_full"]["median_images_per_s"] > 0
+    )
     for meta in (s["meta"] for s in sections.values()):
         assert meta["date"] and meta["machine"]["torch"] and "run_all.py" in meta["command"]
 

@@ -203,8 +203,10 @@ def test_resolve_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_resume(load_params({"project_name": "p"})) is None
     assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": True})) is None
-    for step in (3, 12):
+    for step in (3, 12, 20):
         (tmp_path / "p" / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (3, 12):  # checkpoint-20 is incomplete: killed while saving
+        (tmp_path / "p" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "true"})) == "p/checkpoint-12"
     assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "p/checkpoint-3"})) == (
         "p/checkpoint-3"
@@ -316,16 +318,21 @@ def test_tsne_plot(tmp_path):
     assert Path(path).stat().st_size > 1000
 
 
-def test_failed_run_exits_non_zero(monkeypatch, tmp_path, capfd):
-    """monitor swallows exceptions; train() must turn that into exit status 1."""
+def test_failed_run_exits_non_zero(monkeypatch, tmp_path):
+    """monitor swallows exceptions; train() must turn that into exit status 1, the error logged."""
+    from autotrain import logger
     from autotrain.trainers.image_classification_custom.__main__ import train
 
+    messages = []
+    sink = logger.add(messages.append, level="ERROR")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        train({"project_name": "p", "data_path": "does-not-exist/autotrain-data"})
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train({"project_name": "p", "data_path": "does-not-exist/autotrain-data"})
+    finally:
+        logger.remove(sink)
     assert exit_info.value.code == 1
-    captured = capfd.readouterr()
-    assert "data_path 'does-not-exist/autotrain-data'" in captured.out + captured.err
+    assert any("data_path 'does-not-exist/autotrain-data'" in str(m) for m in messages)
 
 
 def test_training_params_json_has_no_token(monkeypatch, tmp_path):

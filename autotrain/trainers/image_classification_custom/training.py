@@ -32,7 +32,6 @@ from accelerate import PartialState
 from huggingface_hub import HfApi
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from autotrain import logger
 from autotrain.trainers.common import LossLoggingCallback, TrainStartCallback, UploadLogs, pause_space
@@ -232,20 +231,31 @@ class HubLogsCallback(UploadLogs):
 def resolve_resume(config: ImageClassificationCustomParams) -> Optional[str]:
     """The checkpoint to resume from, or None.
 
+    ``true`` picks the newest complete ``checkpoint-*`` of the project folder: one that has
+    ``trainer_state.json``, which the Trainer writes last (a run killed while saving leaves an
+    incomplete folder behind, which is skipped with a warning).
+
     Raises:
-        FileNotFoundError: ``resume_from_checkpoint`` is a path that does not exist.
+        FileNotFoundError: ``resume_from_checkpoint`` is a path that is not a complete checkpoint.
     """
     value = config.resume_from_checkpoint
     if value is False:
         return None
     if value is True:
-        project = config.project_name
-        last = get_last_checkpoint(project) if os.path.isdir(project) else None
-        if last is None:
-            logger.warning(f"resume_from_checkpoint: no checkpoint-* in {project!r}; starting from scratch")
-        return last
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder")
+        project = Path(config.project_name)
+        found = sorted(
+            (p for p in project.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+            reverse=True,
+        )
+        for candidate in found:
+            if (candidate / "trainer_state.json").is_file():
+                return str(candidate)
+            logger.warning(f"resume_from_checkpoint: skipping incomplete {candidate} (no trainer_state.json)")
+        logger.warning(f"resume_from_checkpoint: no checkpoint-* in {str(project)!r}; starting from scratch")
+        return None
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder (no trainer_state.json)")
     return value
 
 

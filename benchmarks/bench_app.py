@@ -131,6 +131,47 @@ def bench_predictor(predictor, repeats: int, work: Path, app_threads: int) -> di
     return out
 
 
+ECHO_APP = """
+import sys
+import gradio as gr
+with gr.Blocks() as demo:
+    photos, out = gr.Gallery(type="filepath", interactive=True), gr.Markdown()
+    gr.Button().click(lambda p: "ok", [photos], [out], api_name="echo")
+demo.queue(default_concurrency_limit=2).launch(server_port=int(sys.argv[1]), ssr_mode=False, quiet=True)
+"""
+
+
+def _serve(command: list[str], port: int, work: Path, name: str):
+    """Start a server process and wait until it answers; returns the process."""
+    import subprocess
+
+    import httpx
+
+    log = (work / f"{name}.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 600
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"{name} exited with {server.returncode}: {(work / f'{name}.log').read_text()[-2000:]}"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            server.terminate()
+            raise TimeoutError(f"{name} did not start within 600 s")
+        time.sleep(1)
+
+
+def _stop(server) -> None:
+    server.terminate()
+    server.wait(timeout=60)
+
+
 def bench_round_trip(
     predictor, model_dir: Path, reference_root: Path, repeats: int, work: Path
 ) -> dict[str, Any]:
@@ -139,9 +180,6 @@ def bench_round_trip(
     Also times the ``/identify`` handler alone, in this process (decode, model, neighbours), so that
     the rest of the round trip (upload, queue, HTTP, JSON) shows.
     """
-    import subprocess
-
-    import httpx
     from gradio_client import Client, handle_file
 
     from inference_app.app import AppSettings, build_demo
@@ -158,29 +196,21 @@ def bench_round_trip(
     handler = next(fn.fn for fn in demo.fns.values() if fn.api_name == "identify")
     handler_only = _timed(lambda: handler([(str(photo), None)]), repeats)
 
+    payload = [{"image": handle_file(str(photo)), "caption": None}]
+    port = free_port()
+    echo = _serve([sys.executable, "-c", ECHO_APP, str(port)], port, work, "echo")
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        echo_baseline = _timed(lambda: client.predict(payload, api_name="/echo"), repeats)
+    finally:
+        _stop(echo)
+
     port = free_port()
     command = [sys.executable, str(REPO_ROOT / "inference_app" / "app.py"), "--model", str(model_dir)]
     command += ["--reference", str(reference_root), "--cache-dir", str(cache), "--port", str(port)]
-    log = (work / "app.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-    url = f"http://127.0.0.1:{port}/"
+    server = _serve(command, port, work, "app")
     try:
-        deadline = time.time() + 600
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(
-                    f"the app exited with {server.returncode}: {(work / 'app.log').read_text()[-2000:]}"
-                )
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError("the app did not start within 600 s")
-            time.sleep(1)
-        client = Client(url, verbose=False, download_files=False)
-        payload = [{"image": handle_file(str(photo)), "caption": None}]
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
         identify = _timed(lambda: client.predict(payload, api_name="/identify"), repeats)
 
         def identify_and_map():
@@ -189,16 +219,16 @@ def bench_round_trip(
 
         with_map = _timed(identify_and_map, max(5, repeats // 3))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+        _stop(server)
     return {
         "reference_images": len(index),
         "identify_handler_only_in_process": handler_only,
+        "gradio_echo_baseline_same_upload": echo_baseline,
         "identify": identify,
         "identify_then_place_on_map": with_map,
         "note": "app started by its CLI in a separate process (default threads and concurrency); "
-        "client in this process, output files not downloaded; cpu_p50_ms is the client's CPU",
+        "client in this process, output files not downloaded; cpu_p50_ms is the client's CPU; "
+        "the echo baseline is a Gradio app that returns 'ok' for the same upload (Gradio + client cost)",
     }
 
 

@@ -72,6 +72,7 @@ def write_backbone_folders(
     std: Sequence[float],
     interpolation: str = "bilinear",
     model_args: dict | None = None,
+    fixed_input_size: bool = False,
 ) -> dict[str, Path]:
     """Write ``out_dir/timm`` (for our trainer) and ``out_dir/stock`` (for the stock trainer).
 
@@ -84,8 +85,8 @@ def write_backbone_folders(
         mean: normalisation mean (both trainers use it).
         std: normalisation std.
         interpolation: resize filter recorded in timm's ``pretrained_cfg``.
-        model_args: extra ``timm.create_model`` kwargs (e.g. ``img_size``); none for the stock folder
-            would be wrong for fixed-size models, so they are written to both.
+        model_args: extra ``timm.create_model`` kwargs (e.g. ``img_size``), written to both folders.
+        fixed_input_size: the architecture only runs at ``image_size`` (ViT & co).
 
     Returns:
         ``{"timm": path, "stock": path}``.
@@ -97,7 +98,7 @@ def write_backbone_folders(
     pretrained_cfg = {
         "architecture": architecture,
         "input_size": [3, image_size, image_size],
-        "fixed_input_size": False,
+        "fixed_input_size": fixed_input_size,
         "interpolation": interpolation,
         "crop_pct": 1.0,
         "crop_mode": "center",
@@ -187,8 +188,10 @@ def random_backbone_folders(
     torch.manual_seed(seed)
     probe = timm.create_model(architecture, pretrained=False, num_classes=0)
     model_args = {}
-    if probe.pretrained_cfg.get("fixed_input_size") and probe.pretrained_cfg["input_size"][-1] != image_size:
+    fixed = bool(probe.pretrained_cfg.get("fixed_input_size"))
+    if fixed:  # ViT & co: position embeddings for exactly this size, recorded for both trainers
         model_args["img_size"] = image_size
+        torch.manual_seed(seed)
         probe = timm.create_model(architecture, pretrained=False, num_classes=0, **model_args)
     data = timm.data.resolve_data_config({}, model=probe)
     paths = write_backbone_folders(
@@ -201,6 +204,7 @@ def random_backbone_folders(
         data["std"],
         interpolation=data.get("interpolation", "bilinear"),
         model_args=model_args or None,
+        fixed_input_size=fixed,
     )
     return {
         **paths,

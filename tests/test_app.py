@@ -122,6 +122,16 @@ def test_identify_through_gradio_client(server, photos):
     assert len(query) == 1 and len(query[0]["x"]) == 1
     assert len(figure["data"]) > len(SPECIES)
 
+    base = json.loads(client.predict(api_name="/reference_map")["plot"])
+    assert [t.get("name") for t in base["data"]] == [t.get("name") for t in figure["data"]][:-1]
+
+
+def test_queue_and_uploads_are_bounded(server):
+    demo = server["demo"]
+    assert demo._queue.default_concurrency_limit == 2 and demo._queue.max_size == 64
+    assert demo.max_file_size == 2 * 1024 * 1024
+    assert demo.allowed_paths == []
+
 
 def test_several_photos_of_one_plant_are_combined(server, photos):
     paths = [photos["good1"], photos["good3"]]

@@ -17,6 +17,7 @@ without validation too (no best-epoch selection, no early stopping) so that both
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,13 @@ def run(
     seeds: int = 1,
     epochs: int | None = None,
     stock_lr: float = 1e-3,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate the three variants for ``seeds`` seeds; return per-run metrics and mean/sd."""
+    """Train and evaluate the three variants for ``seeds`` seeds; return per-run metrics and mean/sd.
+
+    ``deadline`` (a ``time.monotonic()`` value): after each seed, stop early when another seed, as long
+    as the slowest one so far, would end after it (the report says how many seeds ran and why).
+    """
     from datasets import load_from_disk
 
     workdir = Path(workdir) / ("accuracy-quick" if quick else "accuracy")
@@ -55,7 +61,13 @@ def run(
     per_run: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     models: dict[str, list[str]] = {v: [] for v in VARIANTS}
     sequence = []
+    seed_seconds: list[float] = []
+    stopped = None
     for seed in range(seeds):
+        if seed_seconds and deadline is not None and time.monotonic() + max(seed_seconds) > deadline:
+            stopped = f"stopped after {seed} of {seeds} seeds: another would pass the time budget"
+            break
+        t_seed = time.monotonic()
         order = VARIANTS[seed % 3 :] + VARIANTS[: seed % 3]
         for variant in order:
             name = f"{variant.replace('_', '-')}-s{seed}"
@@ -91,6 +103,8 @@ def run(
             report["command_wall_s"] = res["command_wall_s"]
             per_run[variant].append(report)
             models[variant].append(res["project_dir"])
+        seed_seconds.append(time.monotonic() - t_seed)
+    seeds_run = len(seed_seconds)
     summary: dict[str, Any] = {}
     for variant, reports in per_run.items():
         row: dict[str, Any] = {}
@@ -116,7 +130,10 @@ def run(
             "batch_size": s["batch_size"],
             "epochs": s["epochs"],
             "ours_warmup_epochs": 1,
-            "seeds": seeds,
+            "seeds": seeds_run,
+            "seeds_requested": seeds,
+            "seed_seconds": seed_seconds,
+            "budget_note": stopped,
             "stock_lr": stock_lr,
             "run_order": sequence,
         },

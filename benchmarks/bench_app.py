@@ -127,7 +127,9 @@ def bench_predictor(predictor, repeats: int, work: Path, app_threads: int) -> di
     out["phone_jpeg_4032x3024_from_disk"] = _timed(
         lambda: predictor.embed_and_logits([phone]), max(5, repeats // 3)
     )
-    out["decode_phone_jpeg_only"] = _timed(lambda: load_image(phone), max(5, repeats // 3))
+    out["decode_phone_jpeg_only"] = _timed(
+        lambda: load_image(phone, max_side=predictor.max_side), max(5, repeats // 3)
+    )
     return out
 
 
@@ -287,7 +289,7 @@ def run(model_dir: Path | None, quick: bool = False) -> dict[str, Any]:
         result["app_threads_per_request"] = app_threads
         result["predictor"] = bench_predictor(predictor, repeats, work, app_threads)
         reference = Path(model_dir) / "autotrain-data"
-        if not reference.is_dir():
+        if quick or not reference.is_dir():
             reference = make_reference_folder(
                 work / "reference", n_herbarium=3 if quick else 15, n_field=2 if quick else 10
             )

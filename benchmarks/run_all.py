@@ -46,7 +46,9 @@ for key, value in {
 from bench_common import machine_info, machine_line, now_iso  # noqa: E402
 
 SECTIONS = ("data_prep", "training", "accuracy", "app", "gpu")
-DEFAULT_SEEDS = 1
+DEFAULT_SEEDS = 3  # at most; without --seeds, seeds stop when another would overrun --budget-min
+DEFAULT_BUDGET_MIN = 30.0
+APP_RESERVE_MIN = 3.0  # time kept for the app section, which runs after accuracy
 DEFAULT_STOCK_LR = 1e-3
 RESULTS_MARKER = "<!-- bench-results"
 CPU_TARGET_RATIO = 2.0
@@ -68,8 +70,10 @@ def _external(module: str):
 def _app_model(args: argparse.Namespace, results: dict[str, Any]) -> str:
     """The ArcFace model of the accuracy section (this run's, or an earlier one in --out), else train one."""
     acc = results.get("accuracy", {})
-    if acc.get("status") == "ok":
-        return acc["result"]["models"]["ours_arcface"][0]
+    if acc.get("status") == "ok" and acc["meta"].get("quick", args.quick) == args.quick:
+        model = Path(acc["result"]["models"]["ours_arcface"][0])
+        if list(model.glob("*.safetensors")):
+            return str(model)
     import bench_accuracy
 
     return bench_accuracy.app_model(args.out, quick=args.quick, stock_lr=args.stock_lr)
@@ -85,8 +89,16 @@ def run_section(name: str, args: argparse.Namespace, results: dict[str, Any]) ->
     if name == "accuracy":
         import bench_accuracy
 
+        deadline = None
+        if args.budget_min and not args.seeds_given:
+            deadline = args.started + 60 * (args.budget_min - APP_RESERVE_MIN * ("app" in args.sections))
         return bench_accuracy.run(
-            args.out, quick=args.quick, seeds=args.seeds, epochs=args.epochs, stock_lr=args.stock_lr
+            args.out,
+            quick=args.quick,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            stock_lr=args.stock_lr,
+            deadline=deadline,
         )
     if name == "app":
         model_dir = _app_model(args, results)
@@ -226,7 +238,9 @@ def _accuracy_md(r: dict[str, Any]) -> list[str]:
         f"the {s['eval_images']} field photos of the `{s['eval_split']}` split, {n_ho} of them of species without "
         f"field training photos. Backbone {s['backbone']}, {s['image_size']} px, batch {s['batch_size']}, "
         f"{s['epochs']} epochs for every variant (ours: the first is the head-only stage), seeds "
-        f"0..{s['seeds'] - 1}, stock lr {fmt(s['stock_lr'])}. Mean ± sd over seeds.",
+        f"0..{s['seeds'] - 1}, stock lr {fmt(s['stock_lr'])}. Mean ± sd over seeds"
+        + (f" ({s['budget_note']})" if s.get("budget_note") else "")
+        + ". Our trainer's epoch is rounded up to whole batches by its balanced sampler.",
         "",
         f"| Variant | field top-1 (n={n_all}) | field top-5 | field MRR | herbarium-only species top-1 "
         f"(n={n_ho}) | top-5 | MRR | command wall s |",
@@ -457,7 +471,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECTION",
         help=f"run only these sections (repeat or comma-separate): {', '.join(SECTIONS)}",
     )
-    parser.add_argument("--seeds", type=int, default=None, help=f"accuracy seeds (default {DEFAULT_SEEDS})")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"accuracy seeds (default: up to {DEFAULT_SEEDS}, as many as fit --budget-min; quick: 1)",
+    )
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=DEFAULT_BUDGET_MIN,
+        help="time budget of the whole run in minutes, used to choose the number of accuracy seeds when "
+        "--seeds is not given (default %(default)g; 0: no budget)",
+    )
     parser.add_argument(
         "--reps", type=int, default=None, help="throughput runs per trainer (default 3; quick 1)"
     )
@@ -484,6 +510,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if name not in selected:
                 selected.append(name)
     args.sections = [s for s in SECTIONS if s in selected]
+    args.seeds_given = args.seeds is not None
     if args.seeds is None:
         args.seeds = 1 if args.quick else DEFAULT_SEEDS
     if args.seeds < 1:
@@ -496,6 +523,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     raw_argv = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/run_all.py" + ("".join(" " + shlex.quote(a) for a in raw_argv))
@@ -506,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine_line": machine_line(info),
         "command": command,
         "sections": args.sections,
+        "quick": args.quick,
     }
     previous = {} if args.quick else load_previous(args.report)
     sections: dict[str, Any] = {k: v for k, v in previous.items() if k in SECTIONS and k not in args.sections}

@@ -135,7 +135,7 @@ def analyse_photos(
     images, skipped = [], []
     for number, photo in enumerate(photos, start=1):
         try:
-            images.append(load_image(photo))
+            images.append(load_image(photo, max_side=predictor.max_side))
         except InvalidImageError as error:
             skipped.append(f"photo {number}: {error}" if len(photos) > 1 else str(error))
     if not images:

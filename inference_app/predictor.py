@@ -301,11 +301,15 @@ class Predictor:
         digest.update(repr(self.preprocessing).encode())
         return digest.hexdigest()[:16]
 
+    @property
+    def max_side(self) -> int:
+        """Longest side worth decoding: twice the model input (JPEGs then decode at 1/8 scale)."""
+        return max(2 * max(self.preprocessing.size), 256)
+
     def _to_images(self, images: Sequence[ImageSource] | ImageSource) -> list[Image.Image]:
         if isinstance(images, str | Path | bytes | Image.Image | np.ndarray):
             images = [images]
-        longest = max(self.preprocessing.size) * 2
-        return [load_image(image, max_side=max(longest, 256)) for image in images]
+        return [load_image(image, max_side=self.max_side) for image in images]
 
     def _build_optimized(self):
         """A frozen, traced copy of embed + logits, or None when it cannot be built or disagrees."""

@@ -72,13 +72,17 @@ def test_defaults_and_derived_values():
     assert load_params({"repo_id": "org/x", "push_to_hub": True}).resolved_repo_id == "org/x"
 
 
-@pytest.mark.parametrize(("value", "expected"), [("true", True), (True, True), ("false", False), (None, False)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), (True, True), ("false", False), (None, False)]
+)
 def test_resume_flag(value, expected):
     assert load_params({"resume_from_checkpoint": value}).resume_from_checkpoint is expected
 
 
 def test_resume_path_kept():
-    assert load_params({"resume_from_checkpoint": "p/checkpoint-3"}).resume_from_checkpoint == "p/checkpoint-3"
+    assert (
+        load_params({"resume_from_checkpoint": "p/checkpoint-3"}).resume_from_checkpoint == "p/checkpoint-3"
+    )
 
 
 def test_token_is_never_saved(tmp_path):

@@ -164,11 +164,12 @@ def _batch(model, n=8):
     return collator([{"pixel_values": images[i], "labels": i % 4} for i in range(n)])
 
 
-def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path):
+@pytest.mark.parametrize("stage2_batchnorm", ["train", "frozen"])
+def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path, stage2_batchnorm):
     from autotrain.trainers.image_classification_custom.training import BackboneWarmupCallback
 
     model = tiny_model()
-    trainer = _trainer(tmp_path, model)
+    trainer = _trainer(tmp_path, model, freeze_batchnorm=stage2_batchnorm == "frozen")
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() in a real run
     bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -191,9 +192,14 @@ def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path):
     callback.on_step_begin(None, state, None, model=model)
     assert backbone_weight.requires_grad
     trainer.training_step(model, _batch(model))
-    assert bn.training
-    assert not torch.allclose(bn.running_mean, before)
     assert backbone_weight.grad is not None
+    assert bn.weight.grad is not None  # BatchNorm affine weights train in both modes
+    if stage2_batchnorm == "train":
+        assert bn.training
+        assert not torch.allclose(bn.running_mean, before)
+    else:  # running statistics stay as pretrained
+        assert not bn.training
+        torch.testing.assert_close(bn.running_mean, before)
 
 
 def test_resolve_resume(tmp_path, monkeypatch):
@@ -207,7 +213,10 @@ def test_resolve_resume(tmp_path, monkeypatch):
         (tmp_path / "p" / f"checkpoint-{step}").mkdir(parents=True)
     for step in (3, 12):  # checkpoint-20 is incomplete: killed while saving
         (tmp_path / "p" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "true"})) == "p/checkpoint-12"
+    assert (
+        resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "true"}))
+        == "p/checkpoint-12"
+    )
     assert resolve_resume(load_params({"project_name": "p", "resume_from_checkpoint": "p/checkpoint-3"})) == (
         "p/checkpoint-3"
     )
@@ -288,7 +297,9 @@ def test_model_card_metadata_and_tables(tmp_path):
     from autotrain.trainers.image_classification_custom.model_card import format_metric, render_model_card
     from autotrain.trainers.image_classification_custom.params import load_params
 
-    params = load_params({"model": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "data_path": "me/plants"})
+    params = load_params(
+        {"model": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "data_path": "me/plants"}
+    )
     card = render_model_card(params.public_dict(), _metrics(), CLASS_NAMES, tsne_file="tsne.png")
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-classification"

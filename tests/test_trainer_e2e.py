@@ -134,7 +134,12 @@ def test_transformers_backbone_end_to_end(tmp_path):
     make_tiny_dataset(tmp_path / "data")
     make_tiny_vit(tmp_path / "tiny-vit")
     config = tiny_config(
-        "tiny-vit-run", "data", "tiny-vit", sampling="class_balanced", arcface_subcenters=2, head_init="random"
+        "tiny-vit-run",
+        "data",
+        "tiny-vit",
+        sampling="class_balanced",
+        arcface_subcenters=2,
+        head_init="random",
     )
     result = _run(tmp_path, config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -209,7 +214,10 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert metrics["training"]["resumed_from_step"] == step
     assert metrics["training"]["global_step"] == epochs * steps_per_epoch
     # the resumed run trained only the remaining epochs
-    assert sum(e["steps"] for e in metrics["training"]["throughput"]["epochs"]) == epochs * steps_per_epoch - step
+    assert (
+        sum(e["steps"] for e in metrics["training"]["throughput"]["epochs"])
+        == epochs * steps_per_epoch - step
+    )
 
 
 @pytest.mark.slow
@@ -254,7 +262,9 @@ def test_push_to_hub_uploads_the_folder_and_no_token(tmp_path, monkeypatch):
     final = uploads[-1]
     assert final["repo_id"] == "me/pushed" and final["folder_path"] == "pushed"
     assert "checkpoint-*" in final["ignore_patterns"]
-    assert {"model.safetensors", "config.json", "README.md", "metrics.json", "tsne.png"} <= set(final["files"])
+    assert {"model.safetensors", "config.json", "README.md", "metrics.json", "tsne.png"} <= set(
+        final["files"]
+    )
     for path in (tmp_path / "pushed").rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path

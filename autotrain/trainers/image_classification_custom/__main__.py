@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional, Union
+from typing import Any
 
 from autotrain import logger
 from autotrain.trainers.common import monitor
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams, load_params
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m autotrain.trainers.image_classification_custom",
         description="Train an ArcFace herbarium-to-field plant classifier (AutoTrain custom trainer).",
@@ -33,7 +33,7 @@ def _monitored_run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     return result if result is not None else {}
 
 
-def train(config: Union[dict, ImageClassificationCustomParams]) -> dict[str, Any]:
+def train(config: dict | ImageClassificationCustomParams) -> dict[str, Any]:
     """Train from a dict or params; exits with status 1 when the run fails (the error is logged)."""
     params = load_params(config)
     result = _monitored_run(params)
@@ -43,7 +43,7 @@ def train(config: Union[dict, ImageClassificationCustomParams]) -> dict[str, Any
     return result
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         config = load_params(args.training_config)

@@ -20,7 +20,7 @@ trained from herbarium sheets only: the data-deficient species this project is a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -94,8 +94,8 @@ def classes_with_field_photos(labels: np.ndarray, domains: np.ndarray, num_class
 def evaluation_report(
     scores: np.ndarray,
     labels: np.ndarray,
-    domains: Optional[np.ndarray] = None,
-    class_has_field: Optional[np.ndarray] = None,
+    domains: np.ndarray | None = None,
+    class_has_field: np.ndarray | None = None,
     domain_names: Sequence[str] = DOMAIN_NAMES,
 ) -> dict[str, dict[str, float]]:
     """Metrics for ``all`` images and for every non-empty domain and class-group subset.
@@ -138,7 +138,7 @@ def flatten_report(report: Mapping[str, Mapping[str, float]]) -> dict[str, float
     return flat
 
 
-def best_model_metric(domains: Optional[np.ndarray]) -> str:
+def best_model_metric(domains: np.ndarray | None) -> str:
     """``field_mrr`` when the evaluation set has field photos, else ``mrr``."""
     if domains is not None and np.any(np.asarray(domains) == FIELD):
         return "field_mrr"
@@ -146,8 +146,8 @@ def best_model_metric(domains: Optional[np.ndarray]) -> str:
 
 
 def make_compute_metrics(
-    domains: Optional[np.ndarray],
-    class_has_field: Optional[np.ndarray],
+    domains: np.ndarray | None,
+    class_has_field: np.ndarray | None,
     domain_names: Sequence[str] = DOMAIN_NAMES,
 ) -> Callable[[Any], dict[str, float]]:
     """A ``compute_metrics`` for ``transformers.Trainer`` that knows the eval set's domains and groups.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +31,7 @@ SUBSET_TITLES = {
 METRIC_TITLES = {"top1": "Top-1", "top5": "Top-5", "mrr": "MRR", "macro_f1": "Macro-F1"}
 
 
-def is_hub_id(name: Optional[str]) -> bool:
+def is_hub_id(name: str | None) -> bool:
     """True for ``owner/name`` strings that are not local paths (and not the embedded backbone)."""
     if not name or name == EMBEDDED_BACKBONE or os.path.exists(name):
         return False
@@ -54,7 +54,9 @@ def metrics_table(report: Mapping[str, Mapping[str, Any]]) -> str:
     for subset, values in report.items():
         cells = [format_metric(values.get(m)) for m in METRIC_NAMES]
         title = SUBSET_TITLES.get(subset, subset)
-        rows.append(f"| {title} (`{subset}`) | {format_metric(values.get('n'))} | " + " | ".join(cells) + " |")
+        rows.append(
+            f"| {title} (`{subset}`) | {format_metric(values.get('n'))} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(rows)
 
 
@@ -70,7 +72,12 @@ def _card_data(params: Mapping[str, Any], metrics: Mapping[str, Any], project_na
             continue
         subset = "field" if "field" in report else "all"
         dataset_type = data_path if is_hub_id(data_path) else "imagefolder"
-        for key, mtype in (("top1", "accuracy"), ("top5", "top_5_accuracy"), ("mrr", "mrr"), ("macro_f1", "f1")):
+        for key, mtype in (
+            ("top1", "accuracy"),
+            ("top5", "top_5_accuracy"),
+            ("mrr", "mrr"),
+            ("macro_f1", "f1"),
+        ):
             value = report[subset].get(key)
             if value is None or (isinstance(value, float) and np.isnan(value)):
                 continue
@@ -101,8 +108,8 @@ def render_model_card(
     params: Mapping[str, Any],
     metrics: Mapping[str, Any],
     class_names: Sequence[str],
-    tsne_file: Optional[str] = None,
-    repo_id: Optional[str] = None,
+    tsne_file: str | None = None,
+    repo_id: str | None = None,
 ) -> str:
     """The ``README.md`` of the model folder.
 
@@ -234,8 +241,15 @@ def plot_tsne(
         if mask.any():
             colours = [cmap(int(c) % cmap.N) for c in np.asarray(labels)[mask]]
             ax.scatter(
-                coords[mask, 0], coords[mask, 1], c=colours, marker=marker, s=22, alpha=0.8, linewidths=0.3,
-                edgecolors="black", label=name,
+                coords[mask, 0],
+                coords[mask, 1],
+                c=colours,
+                marker=marker,
+                s=22,
+                alpha=0.8,
+                linewidths=0.3,
+                edgecolors="black",
+                label=name,
             )
     handles = [
         plt.Line2D([], [], marker="o", linestyle="", color="grey", label="field photo"),

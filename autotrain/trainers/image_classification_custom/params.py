@@ -16,7 +16,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,7 +36,7 @@ class ImageClassificationCustomParams(AutoTrainParams):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
 
     # --- data -------------------------------------------------------------------------------------------
-    data_path: Optional[str] = Field(
+    data_path: str | None = Field(
         None,
         title="Dataset: a folder saved by data_prep (DatasetDict), a plain image folder (imagefolder layout), "
         "or a Hub dataset id. Default: `<project_name>/autotrain-data`",
@@ -44,18 +44,20 @@ class ImageClassificationCustomParams(AutoTrainParams):
     train_split: str = Field(
         "train", title="Training split (`config:split` selects a Hub dataset configuration)"
     )
-    valid_split: Optional[str] = Field(
+    valid_split: str | None = Field(
         "validation",
         title="Validation split (field photos): evaluated every epoch, drives early stopping and "
         "best-model selection; `null` trains without validation",
     )
-    test_split: Optional[str] = Field(
+    test_split: str | None = Field(
         "test",
-        title="Test split, evaluated once at the end when the dataset has it (an error only if set to a "
-        "non-default name that is missing); `null` skips it",
+        title="Test split, evaluated once at the end when the dataset has it (missing: skipped, unless set "
+        "explicitly); `null` skips it",
     )
     image_column: str = Field("image", title="Image column")
-    target_column: str = Field("label", title="Label column (`ClassLabel`; strings are encoded in sorted order)")
+    target_column: str = Field(
+        "label", title="Label column (`ClassLabel`; strings are encoded in sorted order)"
+    )
     domain_column: str = Field(
         "domain",
         title="Domain column (`herbarium`/`field`); when missing, every image is treated as a field photo "
@@ -72,18 +74,25 @@ class ImageClassificationCustomParams(AutoTrainParams):
     backbone_source: Literal["auto", "timm", "transformers"] = Field(
         "auto", title="Library that builds the backbone; `auto` decides from the name or folder"
     )
-    embedding_dim: int = Field(512, ge=2, title="Size of the L2-normalised embedding (projection after the backbone)")
+    embedding_dim: int = Field(
+        512, ge=2, title="Size of the L2-normalised embedding (projection after the backbone)"
+    )
     arcface_scale: float = Field(30.0, gt=0, title="ArcFace scale s (logits are s*cos(theta))")
     arcface_margin: float = Field(
-        0.5, ge=0, lt=math.pi / 2, title="ArcFace additive angular margin m, in radians (0 = normalised softmax)"
+        0.5,
+        ge=0,
+        lt=math.pi / 2,
+        title="ArcFace additive angular margin m, in radians (0 = normalised softmax)",
     )
-    arcface_subcenters: int = Field(1, ge=1, title="ArcFace sub-centres per class k (k>1: sub-center ArcFace)")
+    arcface_subcenters: int = Field(
+        1, ge=1, title="ArcFace sub-centres per class k (k>1: sub-center ArcFace)"
+    )
     head_init: Literal["prototypes", "random"] = Field(
         "prototypes",
         title="Initial class centres: `prototypes` = normalised mean embedding of each class's un-augmented "
         "training images (skipped when resuming); `random`",
     )
-    image_size: Optional[int] = Field(
+    image_size: int | None = Field(
         None, ge=16, title="Input size in pixels (square); default: the backbone's pretraining size"
     )
 
@@ -95,23 +104,39 @@ class ImageClassificationCustomParams(AutoTrainParams):
         title="Stage 1: epochs that train only the head (projection + ArcFace) with the backbone frozen, its "
         "BatchNorm statistics included; the backbone is fine-tuned afterwards",
     )
+    backbone_batchnorm: Literal["frozen", "train"] = Field(
+        "frozen",
+        title="Backbone BatchNorm in stage 2: `frozen` keeps the pretrained running statistics (eval mode; "
+        "the affine weights still train): stable with small, herbarium-heavy batches and ~20% faster on "
+        "CPU; `train` updates them",
+    )
     batch_size: int = Field(32, ge=1, title="Training batch size per device (evaluation uses twice this)")
     lr: float = Field(
         1e-4, gt=0, title="Learning rate: the default of `backbone_lr`, and `head_lr` defaults to 10 x lr"
     )
-    backbone_lr: Optional[float] = Field(None, gt=0, title="Backbone learning rate in stage 2 (default: `lr`)")
-    head_lr: Optional[float] = Field(None, gt=0, title="Head learning rate, both stages (default: 10 x `lr`)")
+    backbone_lr: float | None = Field(None, gt=0, title="Backbone learning rate in stage 2 (default: `lr`)")
+    head_lr: float | None = Field(None, gt=0, title="Head learning rate, both stages (default: 10 x `lr`)")
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop", "adafactor"] = Field(
         "adamw_torch", title="Optimizer (transformers `optim` name)"
     )
     scheduler: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
     ] = Field("cosine", title="Learning-rate schedule (transformers `lr_scheduler_type`)")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, title="Fraction of steps with a linear learning-rate warm-up")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, title="Fraction of steps with a linear learning-rate warm-up"
+    )
     weight_decay: float = Field(1e-4, ge=0, title="Weight decay (not on biases and norm layers)")
     max_grad_norm: float = Field(1.0, gt=0, title="Gradient clipping norm")
     gradient_accumulation: int = Field(1, ge=1, title="Gradient accumulation steps")
-    auto_find_batch_size: bool = Field(False, title="Halve the batch size on out-of-memory errors (transformers)")
+    auto_find_batch_size: bool = Field(
+        False, title="Halve the batch size on out-of-memory errors (transformers)"
+    )
     seed: int = Field(42, title="Random seed (model head, sampler, augmentation)")
 
     # --- data pipeline ----------------------------------------------------------------------------------
@@ -137,7 +162,7 @@ class ImageClassificationCustomParams(AutoTrainParams):
         title="RAM budget for the decoded uint8 image cache (MiB); a split larger than this is cached in a "
         "memory-mapped file under `<project_name>/cache/` (deleted at the end)",
     )
-    mixed_precision: Optional[Literal["fp16", "bf16", "no"]] = Field(
+    mixed_precision: Literal["fp16", "bf16", "no"] | None = Field(
         None, title="Mixed precision on GPU (`fp16`, `bf16`); ignored with a warning on CPU"
     )
 
@@ -145,19 +170,21 @@ class ImageClassificationCustomParams(AutoTrainParams):
     eval_strategy: Literal["epoch", "no"] = Field(
         "epoch", title="Evaluate on the validation split every epoch (`no`: never; no best-model selection)"
     )
-    early_stopping_patience: Optional[int] = Field(
+    early_stopping_patience: int | None = Field(
         5, ge=1, title="Stop after this many evaluations without field-MRR improvement (`null`: never)"
     )
-    early_stopping_threshold: float = Field(0.0, ge=0, title="Minimum MRR improvement that counts for early stopping")
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, title="Minimum MRR improvement that counts for early stopping"
+    )
     save_total_limit: int = Field(
         1, ge=1, title="Checkpoints (one per epoch) kept in the project folder (the best one is always kept)"
     )
-    resume_from_checkpoint: Union[bool, str] = Field(
+    resume_from_checkpoint: bool | str = Field(
         False,
         title="`true`: resume from the latest `checkpoint-*` in the project folder (starts afresh with a "
         "warning when there is none); a path: resume from that checkpoint; `false`: start afresh",
     )
-    logging_steps: Optional[int] = Field(
+    logging_steps: int | None = Field(
         None, ge=1, title="Log the training loss every N steps (default: about 5 times per epoch, at most 25)"
     )
     log: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none", title="Experiment tracker")
@@ -166,10 +193,12 @@ class ImageClassificationCustomParams(AutoTrainParams):
     # --- outputs and the Hub ----------------------------------------------------------------------------
     project_name: str = Field("herbarium-arcface", title="Output folder (letters, digits and hyphens)")
     push_to_hub: bool = Field(False, title="Upload the model folder to the Hub (a private repository)")
-    hub_private: bool = Field(True, title="Create the Hub repository as private (an existing one keeps its visibility)")
-    repo_id: Optional[str] = Field(None, title="Hub repository (default: `<username>/<project_name>`)")
-    username: Optional[str] = Field(None, title="Hub user or organisation (for the default `repo_id`)")
-    token: Optional[str] = Field(
+    hub_private: bool = Field(
+        True, title="Create the Hub repository as private (an existing one keeps its visibility)"
+    )
+    repo_id: str | None = Field(None, title="Hub repository (default: `<username>/<project_name>`)")
+    username: str | None = Field(None, title="Hub user or organisation (for the default `repo_id`)")
+    token: str | None = Field(
         None, title="Hub token (default: the cached login / `HF_TOKEN`); never written to any file"
     )
 
@@ -189,7 +218,9 @@ class ImageClassificationCustomParams(AutoTrainParams):
         if self.backbone_lr is not None and self.head_lr is not None and "lr" in self.model_fields_set:
             raise ValueError("lr: both backbone_lr and head_lr are set, so lr would be unused; remove lr")
         if self.push_to_hub and not (self.repo_id or self.username):
-            raise ValueError("push_to_hub: set repo_id, or username (the repository is <username>/<project_name>)")
+            raise ValueError(
+                "push_to_hub: set repo_id, or username (the repository is <username>/<project_name>)"
+            )
         if self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"warmup_epochs: {self.warmup_epochs} is more than epochs ({self.epochs}); "
@@ -215,7 +246,7 @@ class ImageClassificationCustomParams(AutoTrainParams):
         return self.head_lr if self.head_lr is not None else 10 * self.lr
 
     @property
-    def resolved_repo_id(self) -> Optional[str]:
+    def resolved_repo_id(self) -> str | None:
         if self.repo_id:
             return self.repo_id
         return f"{self.username}/{self.project_name}" if self.username else None
@@ -232,7 +263,9 @@ class ImageClassificationCustomParams(AutoTrainParams):
         return str(path)
 
 
-def load_params(config: Union[dict, str, Path, ImageClassificationCustomParams]) -> ImageClassificationCustomParams:
+def load_params(
+    config: dict | str | Path | ImageClassificationCustomParams,
+) -> ImageClassificationCustomParams:
     """Build the params from a dict, a JSON file path, or params; errors name the offending field.
 
     Raises:
@@ -288,7 +321,7 @@ def markdown_reference(cls: type[ImageClassificationCustomParams] = ImageClassif
     return "\n".join(rows) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--markdown", action="store_true", help="print the config reference as Markdown")

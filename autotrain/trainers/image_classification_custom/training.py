@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,13 +78,25 @@ class ArcFaceTrainer(Trainer):
         *args, **kwargs: ``transformers.Trainer`` arguments.
     """
 
-    def __init__(self, *args: Any, sampler_factory, backbone_lr: float, head_lr: float, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        sampler_factory,
+        backbone_lr: float,
+        head_lr: float,
+        freeze_batchnorm: bool = True,
+        **kwargs: Any,
+    ):
         self.sampler_factory = sampler_factory
         self.backbone_lr = backbone_lr
         self.head_lr = head_lr
+        self.freeze_batchnorm = freeze_batchnorm
         super().__init__(*args, **kwargs)
+        self._backbone_norms = [
+            m for m in self.model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
 
-    def _get_train_sampler(self, train_dataset=None) -> Optional[torch.utils.data.Sampler]:
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         return self.sampler_factory()
 
     def create_optimizer(self):
@@ -110,12 +122,17 @@ class ArcFaceTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # Trainer.training_step calls model.train() before this: keep a frozen backbone in eval mode
-        # (BatchNorm running statistics and dropout stay as pretrained).
-        unwrapped = self.accelerator.unwrap_model(model)
-        first = next(unwrapped.backbone_parameters(), None)
-        if model.training and first is not None and not first.requires_grad:
-            unwrapped.backbone.eval()
+        # Trainer.training_step calls model.train() before this. A frozen backbone goes back to eval
+        # mode (BatchNorm running statistics and dropout stay as pretrained); in stage 2 only its
+        # BatchNorm layers do, unless backbone_batchnorm is "train".
+        if model.training:
+            unwrapped = self.accelerator.unwrap_model(model)
+            first = next(unwrapped.backbone_parameters(), None)
+            if first is not None and not first.requires_grad:
+                unwrapped.backbone.eval()
+            elif self.freeze_batchnorm:
+                for norm in self._backbone_norms:
+                    norm.eval()
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
@@ -130,7 +147,7 @@ class BackboneWarmupCallback(TrainerCallback):
 
     def __init__(self, warmup_epochs: int) -> None:
         self.warmup_epochs = warmup_epochs
-        self.frozen: Optional[bool] = None
+        self.frozen: bool | None = None
 
     def _apply(self, state, model) -> None:
         frozen = (state.epoch or 0.0) < self.warmup_epochs - 1e-9
@@ -192,7 +209,9 @@ class ThroughputCallback(TrainerCallback):
                 out[f"{stage}_images_per_second"] = round(images / seconds, 2)
         rows = [r for r in self.epochs if r["seconds"] > 0]
         if rows:
-            out["images_per_second"] = round(sum(r["images"] for r in rows) / sum(r["seconds"] for r in rows), 2)
+            out["images_per_second"] = round(
+                sum(r["images"] for r in rows) / sum(r["seconds"] for r in rows), 2
+            )
         return out
 
 
@@ -208,7 +227,9 @@ class HubLogsCallback(UploadLogs):
         self.last_upload_time = 0.0
         if config.push_to_hub and config.log == "tensorboard" and PartialState().is_main_process:
             self.api = HfApi(token=config.token)
-            self.api.create_repo(repo_id=self.repo_id, repo_type="model", private=config.hub_private, exist_ok=True)
+            self.api.create_repo(
+                repo_id=self.repo_id, repo_type="model", private=config.hub_private, exist_ok=True
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         runs = os.path.join(self.config.project_name, "runs")
@@ -228,7 +249,7 @@ class HubLogsCallback(UploadLogs):
 # ------------------------------------------------------------------------------------------------------
 
 
-def resolve_resume(config: ImageClassificationCustomParams) -> Optional[str]:
+def resolve_resume(config: ImageClassificationCustomParams) -> str | None:
     """The checkpoint to resume from, or None.
 
     ``true`` picks the newest complete ``checkpoint-*`` of the project folder: one that has
@@ -255,7 +276,9 @@ def resolve_resume(config: ImageClassificationCustomParams) -> Optional[str]:
         logger.warning(f"resume_from_checkpoint: no checkpoint-* in {str(project)!r}; starting from scratch")
         return None
     if not (Path(value) / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint {value!r} is not a checkpoint folder (no trainer_state.json)")
+        raise FileNotFoundError(
+            f"resume_from_checkpoint {value!r} is not a checkpoint folder (no trainer_state.json)"
+        )
     return value
 
 
@@ -275,7 +298,7 @@ def compute_embeddings(
     device: torch.device,
     image_size: int,
     interpolation: str,
-    indices: Optional[np.ndarray] = None,
+    indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and logits (no margin) of cached uint8 images, resized to ``image_size`` if needed.
 
@@ -409,12 +432,22 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     if config.head_init == "prototypes" and resume is None:
         t0 = time.perf_counter()
         model.to(device)
-        emb, _ = compute_embeddings(model, train_images, collator, 2 * config.batch_size, device, size, interp)
+        emb, _ = compute_embeddings(
+            model, train_images, collator, 2 * config.batch_size, device, size, interp
+        )
         model.head.init_from_prototypes(torch.from_numpy(emb), torch.from_numpy(data.train.labels))
-        logger.info(f"ArcFace centres initialised from class-mean embeddings ({time.perf_counter() - t0:.1f}s)")
+        logger.info(
+            f"ArcFace centres initialised from class-mean embeddings ({time.perf_counter() - t0:.1f}s)"
+        )
         if data.validation is not None and is_main:
             _, logits = compute_embeddings(
-                model, eval_images[data.validation.name], collator, 2 * config.batch_size, device, size, interp
+                model,
+                eval_images[data.validation.name],
+                collator,
+                2 * config.batch_size,
+                device,
+                size,
+                interp,
             )
             baseline = M.evaluation_report(
                 logits, data.validation.labels, data.validation.domains, class_has_field
@@ -431,7 +464,9 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         valid_dataset = CachedImageDataset(eval_images[data.validation.name], data.validation.labels)
     evaluate = valid_dataset is not None and config.eval_strategy == "epoch"
     best_metric = M.best_model_metric(data.validation.domains if data.validation is not None else None)
-    logging_steps = config.logging_steps or auto_logging_steps(len(train_dataset), config, state.num_processes)
+    logging_steps = config.logging_steps or auto_logging_steps(
+        len(train_dataset), config, state.num_processes
+    )
     use_cuda = torch.cuda.is_available()
     precision = config.mixed_precision if config.mixed_precision in ("fp16", "bf16") else None
     if precision and not use_cuda:
@@ -472,6 +507,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         push_to_hub=False,
         disable_tqdm=True,
     )
+
     def sampler_factory():
         return create_sampler(
             config.sampling,
@@ -508,6 +544,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         sampler_factory=sampler_factory,
         backbone_lr=config.resolved_backbone_lr,
         head_lr=config.resolved_head_lr,
+        freeze_batchnorm=config.backbone_batchnorm == "frozen",
     )
     trainer.remove_callback(PrinterCallback)
     if resume:
@@ -560,7 +597,9 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
 
     tsne_file = None
     if config.tsne:
-        tsne_file = _write_tsne(config, model, data, train_images, embeddings, collator, size, interp, class_names)
+        tsne_file = _write_tsne(
+            config, model, data, train_images, embeddings, collator, size, interp, class_names
+        )
     summary["training"]["wall_seconds"] = round(time.perf_counter() - wall_start, 2)
     write_json(project / "metrics.json", summary)
     card = render_model_card(
@@ -575,7 +614,9 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     return summary
 
 
-def _write_tsne(config, model, data, train_images, embeddings, collator, size, interp, class_names) -> Optional[str]:
+def _write_tsne(
+    config, model, data, train_images, embeddings, collator, size, interp, class_names
+) -> str | None:
     """``tsne.png``: evaluation embeddings (field and herbarium) plus a sample of training herbarium."""
     parts_emb, parts_lab, parts_dom = [], [], []
     rng = np.random.default_rng(config.seed)

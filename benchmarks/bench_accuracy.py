@@ -5,7 +5,8 @@ pretrained backbone, then evaluated by the *same* code (``stock_harness.evaluate
 saved ``ViTImageProcessor`` and logits, the project's metrics module) on the field photos of the test
 split (the validation split when there is no test split):
 
-- ``ours_arcface``: this project's trainer, its defaults (ArcFace margin 0.5, stage 1 head-only epoch);
+- ``ours_arcface``: this project's trainer with the embedded default ``config.json`` (ArcFace margin 0.5,
+  its epochs and head-only warm-up epochs);
 - ``ours_margin0``: the same with ``arcface_margin: 0`` (normalised softmax), to isolate the margin;
 - ``stock``: ``autotrain.trainers.image_classification`` on the same backbone (TimmWrapper folder).
 
@@ -24,11 +25,21 @@ from typing import Any
 import stock_harness as sh
 from bench_common import mean_sd, sample_dataset
 
-FULL = {"epochs": 3, "batch_size": 32, "timeout": 1500}
+_DEFAULT = sh.default_config()
+FULL = {
+    "epochs": int(_DEFAULT.get("epochs", 3)),
+    "batch_size": int(_DEFAULT.get("batch_size", 32)),
+    "timeout": 1800,
+}
 QUICK = {"epochs": 1, "batch_size": 4, "timeout": 300, "image_size": 64}
 VARIANTS = ("ours_arcface", "ours_margin0", "stock")
 METRICS = ("top1", "top5", "mrr")
 GROUPS = ("all", "herbarium_only")
+
+
+def warmup_for(epochs: int) -> int:
+    """Head-only epochs: the embedded default's ``warmup_epochs``, at most a third of ``epochs`` (>= 1)."""
+    return min(int(_DEFAULT.get("warmup_epochs", 1)), max(1, epochs // 3))
 
 
 def run(
@@ -50,6 +61,7 @@ def run(
     s = dict(QUICK if quick else FULL)
     if epochs:
         s["epochs"] = epochs
+    s["warmup_epochs"] = warmup_for(s["epochs"])
     dataset = sample_dataset(workdir.parent, quick)
     splits = load_from_disk(str(dataset))
     split = "test" if "test" in splits else "validation"
@@ -90,7 +102,7 @@ def run(
                     dataset,
                     backbone["ours_model"],
                     epochs=s["epochs"],
-                    warmup_epochs=1,
+                    warmup_epochs=s["warmup_epochs"],
                     batch_size=s["batch_size"],
                     seed=seed,
                     image_size=backbone["image_size"],
@@ -129,7 +141,7 @@ def run(
             "image_size": backbone["image_size"],
             "batch_size": s["batch_size"],
             "epochs": s["epochs"],
-            "ours_warmup_epochs": 1,
+            "ours_warmup_epochs": s["warmup_epochs"],
             "seeds": seeds_run,
             "seeds_requested": seeds,
             "seed_seconds": seed_seconds,
@@ -162,7 +174,7 @@ def app_model(workdir: str | Path, quick: bool = False, stock_lr: float = 1e-3) 
         dataset,
         backbone["ours_model"],
         epochs=s["epochs"],
-        warmup_epochs=1,
+        warmup_epochs=warmup_for(s["epochs"]),
         batch_size=s["batch_size"],
         seed=0,
         image_size=backbone["image_size"],

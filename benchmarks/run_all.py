@@ -237,7 +237,7 @@ def _accuracy_md(r: dict[str, Any]) -> list[str]:
         f"Dataset: {s['dataset']} ({s['num_classes']} species, {s['train_images']} training images); scored on "
         f"the {s['eval_images']} field photos of the `{s['eval_split']}` split, {n_ho} of them of species without "
         f"field training photos. Backbone {s['backbone']}, {s['image_size']} px, batch {s['batch_size']}, "
-        f"{s['epochs']} epochs for every variant (ours: the first is the head-only stage), seeds "
+        f"{s['epochs']} epochs for every variant (ours: the first {s['ours_warmup_epochs']} head-only), seeds "
         f"0..{s['seeds'] - 1}, stock lr {fmt(s['stock_lr'])}. Mean ± sd over seeds"
         + (f" ({s['budget_note']})" if s.get("budget_note") else "")
         + ". Our trainer's epoch is rounded up to whole batches by its balanced sampler.",
@@ -487,7 +487,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reps", type=int, default=None, help="throughput runs per trainer (default 3; quick 1)"
     )
-    parser.add_argument("--epochs", type=int, default=None, help="accuracy epochs (default 3; quick 1)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="accuracy epochs (default: config.json's; quick 1)"
+    )
     parser.add_argument(
         "--stock-lr",
         type=float,

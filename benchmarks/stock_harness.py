@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -257,6 +258,30 @@ def stock_config(
     }
 
 
+DEFAULT_CONFIG = REPO_ROOT / "config.json"
+_RUN_SPECIFIC = (
+    "project_name",
+    "data_path",
+    "push_to_hub",
+    "repo_id",
+    "username",
+    "token",
+    "resume_from_checkpoint",
+)
+
+
+def default_config() -> dict[str, Any]:
+    """The embedded default training config (``config.json``) without its run-specific keys."""
+    try:
+        cfg = json.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    for key in _RUN_SPECIFIC:
+        cfg.pop(key, None)
+    cfg["log"] = "none"
+    return cfg
+
+
 def ours_config(
     project_name: str,
     data_path: str | os.PathLike,
@@ -270,23 +295,28 @@ def ours_config(
     evaluate: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """A config for ``python -m autotrain.trainers.image_classification_custom`` (its defaults otherwise).
+    """A config for ``python -m autotrain.trainers.image_classification_custom``: the embedded default
+    (the repository's ``config.json``) with these values.
 
     ``evaluate=False`` trains without validation, test evaluation and t-SNE: only the training loop and
     the saved model, like the stock trainer without a validation split.
     """
-    cfg: dict[str, Any] = {
-        "data_path": str(Path(data_path).resolve()),
-        "model": model,
-        "project_name": project_name,
-        "epochs": epochs,
-        "warmup_epochs": warmup_epochs,
-        "batch_size": batch_size,
-        "seed": seed,
-    }
+    cfg = default_config()
+    cfg.update(
+        {
+            "data_path": str(Path(data_path).resolve()),
+            "model": model,
+            "project_name": project_name,
+            "epochs": epochs,
+            "warmup_epochs": warmup_epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
+    )
     if image_size:
         cfg["image_size"] = image_size
     if not evaluate:
+        cfg.pop("early_stopping_patience", None)
         cfg.update(valid_split=None, test_split=None, eval_strategy="no", tsne=False)
     cfg.update(overrides)
     return cfg
@@ -333,6 +363,7 @@ def run_trainer(
     timings = cwd / f"{name}.timings.json"
     log = cwd / f"{name}.log"
     timings.unlink(missing_ok=True)
+    _clear_project(cwd / name)
     module = STOCK_MODULE if kind == "stock" else OURS_MODULE
     cmd = [
         sys.executable,
@@ -367,6 +398,19 @@ def run_trainer(
         raise BenchError(f"{kind} run {name} recorded no training steps; log: {log}")
     result.update(log=str(log), project_dir=str(project), command_wall_s=wall, kind=kind)
     return result
+
+
+def _clear_project(project: Path) -> None:
+    """Remove an earlier run's outputs (so that they cannot pass for this run's), keeping the data link."""
+    if not project.is_dir():
+        return
+    for child in project.iterdir():
+        if child.name == "autotrain-data":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _tail(path: Path, lines: int = 25) -> str:

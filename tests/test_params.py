@@ -47,6 +47,8 @@ def test_embedded_default_config():
         ({"lr": 1e-3, "backbone_lr": 1e-4, "head_lr": 1e-2}, "lr"),
         ({"push_to_hub": True}, "push_to_hub"),
         ({"eval_strategy": "no", "early_stopping_patience": 3}, "early_stopping_patience"),
+        ({"valid_split": None, "early_stopping_threshold": 0.1}, "early_stopping_threshold"),
+        ({"hub_private": False}, "hub_private"),
     ],
 )
 def test_invalid_values_fail_naming_the_field(config, field):

@@ -163,12 +163,11 @@ def render_model_card(
         report = metrics.get(split)
         if report:
             lines += [f"## Metrics: {split} split", "", metrics_table(report), ""]
-    baseline = metrics.get("baseline_prototypes")
-    if baseline:
+    for split, report in (metrics.get("baseline_prototypes") or {}).items():
         lines += [
-            "### Before training (frozen backbone, class-mean prototypes)",
+            f"### Before training: {split} split (frozen pretrained backbone, class-mean prototypes)",
             "",
-            metrics_table(baseline),
+            metrics_table(report),
             "",
         ]
     lines += [

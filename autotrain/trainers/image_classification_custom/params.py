@@ -226,9 +226,12 @@ class ImageClassificationCustomParams(AutoTrainParams):
                 f"warmup_epochs: {self.warmup_epochs} is more than epochs ({self.epochs}); "
                 "warmup_epochs == epochs trains the head only"
             )
-        if self.eval_strategy == "no" and "early_stopping_patience" in self.model_fields_set:
-            if self.early_stopping_patience is not None:
-                raise ValueError("early_stopping_patience: needs eval_strategy 'epoch'")
+        if self.eval_strategy == "no" or self.valid_split is None:
+            for name in ("early_stopping_patience", "early_stopping_threshold"):
+                if name in self.model_fields_set and getattr(self, name) not in (None, 0.0):
+                    raise ValueError(f"{name}: needs a valid_split and eval_strategy 'epoch'")
+        if not self.push_to_hub and "hub_private" in self.model_fields_set:
+            raise ValueError("hub_private: only used with push_to_hub: true")
         return self
 
     # --- derived values (no magic sentinels in the stored config) ---------------------------------------

@@ -439,20 +439,19 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         logger.info(
             f"ArcFace centres initialised from class-mean embeddings ({time.perf_counter() - t0:.1f}s)"
         )
-        if data.validation is not None and is_main:
-            _, logits = compute_embeddings(
-                model,
-                eval_images[data.validation.name],
-                collator,
-                2 * config.batch_size,
-                device,
-                size,
-                interp,
-            )
-            baseline = M.evaluation_report(
-                logits, data.validation.labels, data.validation.domains, class_has_field
-            )
-            logger.info(f"Before training (prototypes): {M.flatten_report(baseline)}")
+        if is_main:  # the frozen-feature baseline the training has to beat (reported, never selected on)
+            baseline = {}
+            for split in (data.validation, data.test):
+                if split is not None:
+                    _, logits = compute_embeddings(
+                        model, eval_images[split.name], collator, 2 * config.batch_size, device, size, interp
+                    )
+                    baseline[split.name] = M.evaluation_report(
+                        logits, split.labels, split.domains, class_has_field
+                    )
+                    logger.info(
+                        f"Before training (prototypes), {split.name}: {M.flatten_report(baseline[split.name])}"
+                    )
         model.train()
 
     # --- Trainer ------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 # One-command set-up and the project's everyday commands. See README.md.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: install install-browser demo test test-fast lint bench app clean
 
@@ -14,9 +13,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt Makefile
 	# autotrain-advanced pins old exact versions that cap Gradio at 5.15: install it without
 	# its pins; requirements.txt provides what its trainer code imports (see README).
 	$(PY) -m pip install --no-deps autotrain-advanced==0.8.36
-	# Make the overlay importable from any directory: put this checkout on sys.path just before
-	# site-packages, so `autotrain` resolves to the overlay, which joins the upstream package.
-	echo "import sys; sys.path.insert(next((i for i, p in enumerate(sys.path) if p.rstrip('/').endswith('site-packages')), len(sys.path)), '$(CURDIR)')" > $(SITE)/herbarium_arcface_overlay.pth
+	# Make the overlay importable from any directory (see tools/install_overlay.py).
+	$(PY) tools/install_overlay.py
 	touch $@
 
 # Debian's Chromium for the browser tests (Playwright cannot download its own browser here).

@@ -82,6 +82,9 @@ def test_plain_image_folder_is_field_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="field photo"):
         data = D.load_splits(str(tmp_path / "images"), valid_split=None)
     assert data.class_names == NAMES
+    with pytest.warns(UserWarning) as caught:  # the default valid_split is absent: warned, not an error
+        assert D.load_splits(str(tmp_path / "images"), valid_split_required=False).validation is None
+    assert any("without validation" in str(w.message) for w in caught)
     assert not data.has_domains
     assert (data.train.domains == D.FIELD).all()
 

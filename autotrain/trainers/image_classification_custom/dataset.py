@@ -180,6 +180,7 @@ def load_splits(
     domain_column: str = "domain",
     token: str | None = None,
     test_split_required: bool = False,
+    valid_split_required: bool = True,
 ) -> PreparedData:
     """Load the training, validation and (when present) test splits with labels and domains.
 
@@ -193,6 +194,7 @@ def load_splits(
         domain_column: Domain column; when missing, every image counts as a field photo (warned).
         token: Hub token for private datasets.
         test_split_required: Raise when ``test_split`` is missing.
+        valid_split_required: Raise when ``valid_split`` is missing (otherwise: warn, no validation).
 
     Raises:
         FileNotFoundError: see :func:`open_dataset_dict`.
@@ -208,11 +210,19 @@ def load_splits(
     splits = list(dd.keys())
     if train_split not in dd:
         raise ValueError(f"train_split {train_split!r} not in {data_path!r} (splits: {splits})")
+    notes = []
     if valid_split is not None and valid_split not in dd:
-        raise ValueError(
+        message = (
             f"valid_split {valid_split!r} not in {data_path!r} (splits: {splits}); set valid_split to null "
             "to train without validation"
         )
+        if valid_split_required:
+            raise ValueError(message)
+        note = f"{message}: training without validation (no early stopping, last epoch kept)"
+        warnings.warn(note, stacklevel=2)
+        logger.warning(note)
+        notes.append(note)
+        valid_split = None
     if test_split is not None and test_split not in dd:
         if test_split_required:
             raise ValueError(f"test_split {test_split!r} not in {data_path!r} (splits: {splits})")
@@ -229,7 +239,6 @@ def load_splits(
     if len(class_names) < 2:
         raise ValueError(f"{data_path!r}: need at least 2 classes, found {len(class_names)}")
 
-    notes = []
     has_domains = domain_column in train.column_names
     if not has_domains:
         note = (

@@ -47,7 +47,8 @@ class ImageClassificationCustomParams(AutoTrainParams):
     valid_split: str | None = Field(
         "validation",
         title="Validation split (field photos): evaluated every epoch, drives early stopping and "
-        "best-model selection; `null` trains without validation",
+        "best-model selection; `null` trains without validation (missing: an error when set explicitly, "
+        "else a warning)",
     )
     test_split: str | None = Field(
         "test",

@@ -379,6 +379,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         domain_column=config.domain_column,
         token=config.token,
         test_split_required="test_split" in config.model_fields_set and config.test_split is not None,
+        valid_split_required="valid_split" in config.model_fields_set,
     )
     class_names = data.class_names
     class_has_field = data.class_has_field

@@ -29,7 +29,7 @@ _DEFAULT = sh.default_config()
 FULL = {
     "epochs": int(_DEFAULT.get("epochs", 3)),
     "batch_size": int(_DEFAULT.get("batch_size", 32)),
-    "timeout": 1800,
+    "timeout": 3600,
 }
 QUICK = {"epochs": 1, "batch_size": 4, "timeout": 300, "image_size": 64}
 VARIANTS = ("ours_arcface", "ours_margin0", "stock")

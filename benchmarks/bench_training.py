@@ -20,7 +20,7 @@ from typing import Any
 import stock_harness as sh
 from bench_common import BenchError, median, sample_dataset, subset_dataset
 
-CPU_FULL = {"n_train": 224, "batch_size": 32, "epochs": 1, "reps": 3, "timeout": 900}
+CPU_FULL = {"n_train": 224, "batch_size": 32, "epochs": 1, "reps": 3, "timeout": 1800}
 CPU_QUICK = {"n_train": 12, "batch_size": 4, "epochs": 1, "reps": 1, "timeout": 300, "image_size": 64}
 QUICK_BACKBONE = "test_efficientnet"
 

@@ -5,7 +5,7 @@ pretrained backbone, then evaluated by the *same* code (``stock_harness.evaluate
 saved ``ViTImageProcessor`` and logits, the project's metrics module) on the field photos of the test
 split (the validation split when there is no test split):
 
-- ``ours_arcface``: this project's trainer with the embedded default ``config.json`` (ArcFace margin 0.5,
+- ``ours_arcface``: this project's trainer with the embedded default ``config.json`` (its ArcFace margin,
   its epochs and head-only warm-up epochs);
 - ``ours_margin0``: the same with ``arcface_margin: 0`` (normalised softmax), to isolate the margin;
 - ``stock``: ``autotrain.trainers.image_classification`` on the same backbone (TimmWrapper folder).
@@ -49,6 +49,7 @@ def run(
     epochs: int | None = None,
     stock_lr: float = 1e-3,
     deadline: float | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate the three variants for ``seeds`` seeds; return per-run metrics and mean/sd.
 
@@ -57,7 +58,7 @@ def run(
     """
     from datasets import load_from_disk
 
-    workdir = Path(workdir) / ("accuracy-quick" if quick else "accuracy")
+    workdir = Path(workdir) / (("accuracy-quick" if quick else "accuracy") + (f"-{tag}" if tag else ""))
     s = dict(QUICK if quick else FULL)
     if epochs:
         s["epochs"] = epochs
@@ -132,6 +133,8 @@ def run(
     train = splits["train"]
     return {
         "setup": {
+            "arcface_margin": float(_DEFAULT.get("arcface_margin", 0.5)),
+            "ours_lr": float(_DEFAULT.get("lr", 1e-4)),
             "dataset": "quick tiny sample" if quick else "`python -m data_prep sample` defaults",
             "eval_split": split,
             "eval_images": len(splits[split]),

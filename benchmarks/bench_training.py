@@ -14,6 +14,7 @@ random weights, bf16); it returns ``{"skipped": ...}`` without CUDA unless ``all
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,49 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return None
 
 
+GPU_KINDS = ("stock", "ours_full", "ours_compiled")
+
+
+def model_ceiling(architecture: str, image_size: int, batch_size: int, quick: bool) -> dict[str, Any]:
+    """Images/s of the bare timm model's training step (bf16 autocast, fused AdamW, synthetic data
+    already on the device), eager and ``torch.compile``d: what the hardware and framework allow, with no
+    data loading, head, sampler or Trainer. Quick (tests/CPU): a couple of eager float32 steps only."""
+    import timm
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and not quick else "cpu"
+    out: dict[str, Any] = {"device": device, "batch_size": batch_size}
+    for compiled in (False,) if quick else (False, True):
+        model = timm.create_model(architecture, num_classes=1000, img_size=image_size).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+        fn = torch.compile(model) if compiled else model
+        x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+        y = torch.randint(0, 1000, (batch_size,), device=device)
+
+        def step(fn=fn, opt=opt, x=x, y=y) -> None:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                loss = torch.nn.functional.cross_entropy(fn(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        warm, steps = (1, 2) if quick else (3, 30)
+        for _ in range(warm):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out["compiled" if compiled else "eager"] = batch_size * steps / (time.perf_counter() - t0)
+        del model, opt, fn
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def run_gpu(
     workdir: str | Path, quick: bool = False, allow_cpu: bool = False, reps: int | None = None
 ) -> dict:
@@ -187,12 +231,14 @@ def run_gpu(
     n_train = len(load_from_disk(str(data))["train"])
     backbone = sh.random_backbone_folders(workdir / "backbone", s["architecture"], s["image_size"])
     runs_dir = workdir / "runs"
-    results: dict[str, list[dict[str, Any]]] = {"stock": [], "ours_full": []}
+    # torch.compile on CPU needs a C++ toolchain and minutes: the CPU smoke run leaves the compiled kind out
+    kinds_run = GPU_KINDS if cuda else ("stock", "ours_full")
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds_run}
     sequence = []
     for rep in range(max(s["reps"], s["stock_reps"])):
-        kinds = ["stock", "ours_full"] if rep % 2 == 0 else ["ours_full", "stock"]
+        kinds = list(kinds_run) if rep % 2 == 0 else list(reversed(kinds_run))
         for kind in kinds:
-            if kind == "stock" and rep >= s["stock_reps"] or kind == "ours_full" and rep >= s["reps"]:
+            if kind == "stock" and rep >= s["stock_reps"] or kind != "stock" and rep >= s["reps"]:
                 continue
             name = f"gpu-{kind.replace('_', '-')}-r{rep}"
             sequence.append(name)
@@ -222,10 +268,12 @@ def run_gpu(
                     optimizer=s["optimizer"],
                     dataloader_num_workers=s["workers"],
                     head_init="random",
+                    torch_compile=kind == "ours_compiled",
                 )
             res = sh.run_trainer("stock" if kind == "stock" else "ours", cfg, runs_dir, s["timeout"])
             results[kind].append(_stage_numbers(res, "full"))
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    ceiling = model_ceiling(s["architecture"], s["image_size"], s["batch_size"], quick or not cuda)
     out: dict[str, Any] = {
         "device": device,
         "setup": {
@@ -240,14 +288,18 @@ def run_gpu(
             "stock_dataloader_num_workers": 0,
             "run_order": sequence,
         },
-        "stock": _summarise(results["stock"]),
-        "ours_full": _summarise(results["ours_full"]),
+        **{kind: _summarise(results[kind]) for kind in kinds_run},
+        "ceiling": ceiling,
         "raw": results,
     }
     out["ours_vs_stock"] = out["ours_full"]["median_images_per_s"] / out["stock"]["median_images_per_s"]
+    if "ours_compiled" in out:
+        out["ours_compiled_vs_stock"] = (
+            out["ours_compiled"]["median_images_per_s"] / out["stock"]["median_images_per_s"]
+        )
     peak = peak_tflops(device) if cuda else None
     if peak and s["architecture"] == "vit_base_patch16_224" and s["image_size"] == 224:
-        for kind in ("stock", "ours_full"):
+        for kind in kinds_run:
             tflops = out[kind]["median_images_per_s"] * VIT_B16_TRAIN_GFLOP_PER_IMAGE / 1000
             out[kind]["achieved_tflops"] = tflops
             out[kind]["fraction_of_peak"] = tflops / peak

@@ -140,6 +140,7 @@ def test_transformers_backbone_end_to_end(tmp_path):
         sampling="class_balanced",
         arcface_subcenters=2,
         head_init="random",
+        augmentation_device="gpu",  # batched augmentation; without CUDA it runs on the CPU (same path)
     )
     result = _run(tmp_path, config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

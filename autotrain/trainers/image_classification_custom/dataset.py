@@ -442,9 +442,17 @@ class NormalizeCollator:
         mean: Per-channel mean of ``[0, 1]`` pixels.
         std: Per-channel std.
         channels_last: Return ``torch.channels_last`` tensors (faster convolutions on CPU and GPU).
+        keep_uint8: Return the stacked uint8 images (``ArcFaceTrainer`` normalises them on the device).
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        channels_last: bool = True,
+        keep_uint8: bool = False,
+    ) -> None:
+        self.keep_uint8 = keep_uint8
         self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1)
         self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(
             1, 3, 1, 1
@@ -452,14 +460,21 @@ class NormalizeCollator:
         self.channels_last = channels_last
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` -> normalised float32."""
-        x = images.float().mul_(self.scale).sub_(self.shift)
+        """uint8 ``(B, 3, H, W)`` -> normalised float32 (on the images' device)."""
+        x = images.float().mul_(self.scale.to(images.device)).sub_(self.shift.to(images.device))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = torch.stack([item["pixel_values"] for item in batch])
         labels = torch.tensor([item["labels"] for item in batch], dtype=torch.long)
+        if self.keep_uint8:  # normalised (and augmented) on the training device: a 4x smaller copy
+            return {"pixel_values": images, "labels": labels}
         return {"pixel_values": self.normalize(images), "labels": labels}
+
+    def normalize_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Float ``[0, 1]`` ``(B, 3, H, W)`` (e.g. from :class:`BatchAugment`) -> normalised, in place."""
+        x = images.mul_(255.0 * self.scale.to(images.device)).sub_(self.shift.to(images.device))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def resize_uint8(images: np.ndarray, size: int, interpolation: str = "bilinear") -> torch.Tensor:

@@ -154,6 +154,15 @@ class ImageClassificationCustomParams(AutoTrainParams):
         title="Augmentation strength: 0 = none (resize only), 1 = default (random resized crop, flips, "
         "rotation, colour jitter, grayscale, blur), 2 = strongest",
     )
+    augmentation_device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        title="Where training augmentation runs: `cpu` (per image, in DataLoader workers), `gpu` (per "
+        "image but batched on the GPU after a uint8 copy; same ranges and probabilities), `auto` (`gpu` "
+        "when CUDA is available); `gpu` without CUDA augments batches on the CPU in the main process",
+    )
+    torch_compile: bool = Field(
+        False, title="Compile the model with `torch.compile` (transformers' `torch_compile`; worth it on GPU)"
+    )
     dataloader_num_workers: int = Field(
         1, ge=0, title="DataLoader worker processes (0 = augment in the main process); workers are persistent"
     )

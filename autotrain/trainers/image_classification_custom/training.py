@@ -36,6 +36,7 @@ from transformers.trainer_callback import PrinterCallback
 from autotrain import logger
 from autotrain.trainers.common import LossLoggingCallback, TrainStartCallback, UploadLogs, pause_space
 from autotrain.trainers.image_classification_custom import metrics as M
+from autotrain.trainers.image_classification_custom.batch_augment import BatchAugment
 from autotrain.trainers.image_classification_custom.dataset import (
     DOMAIN_NAMES,
     FIELD,
@@ -85,9 +86,13 @@ class ArcFaceTrainer(Trainer):
         backbone_lr: float,
         head_lr: float,
         freeze_batchnorm: bool = True,
+        normalizer: NormalizeCollator | None = None,
+        batch_augment: BatchAugment | None = None,
         **kwargs: Any,
     ):
         self.sampler_factory = sampler_factory
+        self.normalizer = normalizer
+        self.batch_augment = batch_augment
         self.backbone_lr = backbone_lr
         self.head_lr = head_lr
         self.freeze_batchnorm = freeze_batchnorm
@@ -95,6 +100,18 @@ class ArcFaceTrainer(Trainer):
         self._backbone_norms = [
             m for m in self.model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         ]
+
+    def _prepare_inputs(self, inputs):
+        """Move the batch to the device; uint8 images (``keep_uint8`` collator) are augmented there when
+        training with ``batch_augment``, then normalised."""
+        inputs = super()._prepare_inputs(inputs)
+        pixels = inputs.get("pixel_values") if isinstance(inputs, dict) else None
+        if pixels is not None and pixels.dtype == torch.uint8 and self.normalizer is not None:
+            if self.batch_augment is not None and self.model.training:
+                inputs["pixel_values"] = self.normalizer.normalize_unit(self.batch_augment(pixels))
+            else:
+                inputs["pixel_values"] = self.normalizer.normalize(pixels)
+        return inputs
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         return self.sampler_factory()
@@ -404,7 +421,17 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     model = model.to(memory_format=torch.channels_last)
     size = int(model.config.image_size)
     interp = model.config.image_interpolation
+    use_cuda = torch.cuda.is_available()
+    batch_aug = config.augmentation_device == "gpu" or (config.augmentation_device == "auto" and use_cuda)
+    if batch_aug and not use_cuda:
+        logger.warning(
+            "augmentation_device 'gpu' without CUDA: batches are augmented on the CPU in the main process "
+            "(usually slower than `cpu`, which augments in DataLoader workers)"
+        )
     collator = NormalizeCollator(model.config.image_mean, model.config.image_std, channels_last=True)
+    train_collator = NormalizeCollator(
+        model.config.image_mean, model.config.image_std, channels_last=True, keep_uint8=batch_aug
+    )
 
     # --- decoded-image caches -----------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -456,9 +483,8 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         model.train()
 
     # --- Trainer ------------------------------------------------------------------------------------
-    train_dataset = CachedImageDataset(
-        train_images, data.train.labels, create_train_transform(size, config.augmentation, interp)
-    )
+    train_transform = None if batch_aug else create_train_transform(size, config.augmentation, interp)
+    train_dataset = CachedImageDataset(train_images, data.train.labels, train_transform)
     valid_dataset = None
     if data.validation is not None:
         valid_dataset = CachedImageDataset(eval_images[data.validation.name], data.validation.labels)
@@ -467,7 +493,6 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     logging_steps = config.logging_steps or auto_logging_steps(
         len(train_dataset), config, state.num_processes
     )
-    use_cuda = torch.cuda.is_available()
     precision = config.mixed_precision if config.mixed_precision in ("fp16", "bf16") else None
     if precision and not use_cuda:
         logger.warning(f"mixed_precision {precision!r} needs a CUDA GPU: training in float32 on CPU")
@@ -502,6 +527,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=use_cuda,
+        torch_compile=config.torch_compile,
         remove_unused_columns=False,
         ddp_find_unused_parameters=config.warmup_epochs > 0,
         push_to_hub=False,
@@ -534,7 +560,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         args=args,
         train_dataset=train_dataset,
         eval_dataset=valid_dataset if evaluate else None,
-        data_collator=collator,
+        data_collator=train_collator,
         compute_metrics=M.make_compute_metrics(
             data.validation.domains if data.validation is not None else None, class_has_field
         )
@@ -545,6 +571,8 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         backbone_lr=config.resolved_backbone_lr,
         head_lr=config.resolved_head_lr,
         freeze_batchnorm=config.backbone_batchnorm == "frozen",
+        normalizer=collator,
+        batch_augment=BatchAugment(size, config.augmentation) if batch_aug else None,
     )
     trainer.remove_callback(PrinterCallback)
     if resume:
@@ -591,6 +619,8 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         "decode_seconds": round(decode_seconds, 2),
         "device": str(device),
         "mixed_precision": precision,
+        "augmentation_device": "gpu" if batch_aug else "cpu",
+        "torch_compile": config.torch_compile,
         "dataloader_num_workers": workers,
         "throughput": throughput.summary(),
     }

@@ -11,7 +11,8 @@ AutoTrain trainer), ``accuracy`` (field top-1/top-5/MRR: ArcFace, margin 0, stoc
 (``bench_app.run`` on the ArcFace model trained by the accuracy section), ``gpu`` (ViT-B/16 bf16;
 skipped without CUDA). A section that fails is reported as failed, without numbers, the other sections
 still run, and the script exits with status 1. Sections not selected with ``--only`` keep their previous
-results (each with its own date, machine and command), read back from the JSON embedded in the report.
+results (each with its own date, machine and command), read back from the JSON embedded in the report;
+so do the GPU sections when this machine has no GPU (``--import-report`` merges a report written on one).
 """
 
 from __future__ import annotations
@@ -633,6 +634,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name} FAILED: {exc}", file=sys.stderr, flush=True)
         meta["load_end"] = os.getloadavg()[0]
         entry.update(meta=meta, seconds=time.perf_counter() - t0)
+        earlier = previous.get(name)
+        if (
+            entry["status"] == "ok"
+            and "skipped" in entry["result"]
+            and earlier
+            and earlier.get("status") == "ok"
+            and "skipped" not in earlier["result"]
+        ):
+            # no GPU here: keep the figures measured on one (they carry their own date and machine)
+            print(f"[bench] {name} skipped here; keeping the result of {earlier['meta']['date']}", flush=True)
+            entry = earlier
         sections[name] = entry
         print(f"[bench] {name} {entry['status']} in {entry['seconds']:.0f} s", flush=True)
         args.report.parent.mkdir(parents=True, exist_ok=True)

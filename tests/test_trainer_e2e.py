@@ -270,3 +270,43 @@ def test_push_to_hub_uploads_the_folder_and_no_token(tmp_path, monkeypatch):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
     assert not any(token in m for m in messages)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_writes_outputs_once(tmp_path):
+    """`torchrun --nproc_per_node 2` (what `accelerate launch` does on several GPUs), here on CPU with
+    gloo: both ranks train, only the main process writes the folder, card and metrics."""
+    from inference_app.testing import free_port
+
+    make_tiny_dataset(tmp_path / "data")
+    make_tiny_timm(tmp_path / "tiny-timm")
+    config = tiny_config("ddp-run", "data", "tiny-timm", tsne=False, epochs=1, warmup_epochs=0)
+    cfg = _write_config(tmp_path, config)
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            MODULE,
+            "--training_config",
+            str(cfg),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    project = tmp_path / "ddp-run"
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["training"]["num_processes"] == 2
+    assert (project / "model.safetensors").is_file() and (project / "README.md").is_file()
+    assert not list(tmp_path.glob("ddp-run*/**/*.tmp"))
+    _check_pipeline_loads(tmp_path, project)

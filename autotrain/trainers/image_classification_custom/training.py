@@ -374,7 +374,9 @@ def push_folder_to_hub(config: ImageClassificationCustomParams, folder: str) -> 
 def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     """Train, evaluate and save; returns the content of ``metrics.json`` (main process) or ``{}``."""
     wall_start = time.perf_counter()
-    state = PartialState()
+    # cpu=True without CUDA, so that several CPU processes (torchrun, `accelerate launch --cpu`) form a
+    # gloo group instead of each training alone; with CUDA, accelerate picks NCCL as usual.
+    state = PartialState(cpu=not torch.cuda.is_available())
     is_main = state.is_main_process
     project = Path(config.project_name)
     if config.token and not os.environ.get("HF_TOKEN"):
@@ -527,6 +529,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=use_cuda,
+        use_cpu=not use_cuda,  # lets several CPU processes (torchrun) form a gloo group
         torch_compile=config.torch_compile,
         remove_unused_columns=False,
         ddp_find_unused_parameters=config.warmup_epochs > 0,
@@ -610,6 +613,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume and resume.rsplit("-", 1)[-1].isdigit() else None
     summary["training"] = {
         "global_step": trainer.state.global_step,
+        "num_processes": state.num_processes,
         "epochs_completed": round(trainer.state.epoch or 0.0, 4),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric,

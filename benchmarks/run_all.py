@@ -464,8 +464,14 @@ def render(sections: dict[str, Any], run_meta: dict[str, Any], quick: bool) -> s
     if quick:
         lines += ["**QUICK RUN: tiny configuration for the tests; these are not benchmark figures.**", ""]
     lines += [
-        f"Last run: {run_meta['date']}, sections {', '.join(run_meta['sections']) or 'none (merged reports)'}, on {run_meta['machine_line']}. "
-        f"Command: `{run_meta['command']}`.",
+        (
+            f"Last run: {run_meta['date']}, sections {', '.join(run_meta['sections'])}, on {run_meta['machine_line']}. "
+            f"Command: `{run_meta['command']}`."
+            if run_meta["sections"]
+            else f"Re-rendered {run_meta['date']} from the results embedded in earlier reports (`{run_meta['command']}`); "
+            "nothing was measured by that command."
+        )
+        + " Each section below carries its own date, machine and command.",
         "",
         "## Summary",
         "",

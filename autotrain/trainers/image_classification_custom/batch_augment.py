@@ -46,6 +46,7 @@ class BatchAugment:
         self.blur_kernel = max(3, (self.size // 32) | 1)
         self.max_sigma = 1.5 * self.a
         self.generator = generator
+        self._gray: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # per device, made once
 
     def _rand(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.rand(n, device=device, generator=self.generator)
@@ -82,7 +83,10 @@ class BatchAugment:
     def colour(self, x: torch.Tensor) -> torch.Tensor:
         """Brightness, contrast, saturation jitter (together, with ``p_jitter``), grayscale, on [0, 1]."""
         n, device = x.shape[0], x.device
-        gray_w = torch.tensor(_GRAY, device=device, dtype=x.dtype).view(1, 3, 1, 1)
+        gray_w = self._gray.get((device, x.dtype))
+        if gray_w is None:
+            gray_w = torch.tensor(_GRAY, dtype=x.dtype).view(1, 3, 1, 1).to(device)
+            self._gray[(device, x.dtype)] = gray_w
         if self.p_jitter > 0:
             on = (self._rand(n, device) < self.p_jitter).view(n, 1, 1, 1)
             b, c, s = self.jitter

@@ -458,11 +458,32 @@ class NormalizeCollator:
             1, 3, 1, 1
         )
         self.channels_last = channels_last
+        self._device_params: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _on_device(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(scale, 255 * scale, shift)`` on ``device``, copied once per device (a host-to-device copy per
+        batch would stall the GPU queue)."""
+        params = self._device_params.get(device)
+        if params is None:
+            params = tuple(t.to(device) for t in (self.scale, 255.0 * self.scale, self.shift))
+            self._device_params[device] = params
+        return params
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers get the CPU tensors only
+        return {**self.__dict__, "_device_params": {}}
+
+    def _normalize(self, x: torch.Tensor, unit: bool) -> torch.Tensor:
+        scale, unit_scale, shift = self._on_device(x.device)
+        x = x.mul_(unit_scale if unit else scale).sub_(shift)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` -> normalised float32 (on the images' device)."""
-        x = images.float().mul_(self.scale.to(images.device)).sub_(self.shift.to(images.device))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self._normalize(images.float(), unit=False)
+
+    def normalize_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Float ``[0, 1]`` ``(B, 3, H, W)`` (e.g. from :class:`BatchAugment`) -> normalised, in place."""
+        return self._normalize(images, unit=True)
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = torch.stack([item["pixel_values"] for item in batch])
@@ -470,11 +491,6 @@ class NormalizeCollator:
         if self.keep_uint8:  # normalised (and augmented) on the training device: a 4x smaller copy
             return {"pixel_values": images, "labels": labels}
         return {"pixel_values": self.normalize(images), "labels": labels}
-
-    def normalize_unit(self, images: torch.Tensor) -> torch.Tensor:
-        """Float ``[0, 1]`` ``(B, 3, H, W)`` (e.g. from :class:`BatchAugment`) -> normalised, in place."""
-        x = images.mul_(255.0 * self.scale.to(images.device)).sub_(self.shift.to(images.device))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def resize_uint8(images: np.ndarray, size: int, interpolation: str = "bilinear") -> torch.Tensor:

@@ -430,8 +430,9 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
             "augmentation_device 'gpu' without CUDA: batches are augmented on the CPU in the main process "
             "(usually slower than `cpu`, which augments in DataLoader workers)"
         )
-    collator = NormalizeCollator(model.config.image_mean, model.config.image_std, channels_last=True)
-    train_collator = NormalizeCollator(
+    # with batch augmentation the Trainer's batches stay uint8 until ArcFaceTrainer._prepare_inputs;
+    # compute_embeddings calls collator.normalize directly either way
+    collator = NormalizeCollator(
         model.config.image_mean, model.config.image_std, channels_last=True, keep_uint8=batch_aug
     )
 
@@ -563,7 +564,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         args=args,
         train_dataset=train_dataset,
         eval_dataset=valid_dataset if evaluate else None,
-        data_collator=train_collator,
+        data_collator=collator,
         compute_metrics=M.make_compute_metrics(
             data.validation.domains if data.validation is not None else None, class_has_field
         )

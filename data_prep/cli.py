@@ -28,7 +28,9 @@ input layouts (auto-detected, or --layout):
 output: a DatasetDict (train, validation, optional test; features image, label, domain, path)
 saved with save_to_disk to --out, plus prep_report.json and dataset_balance.png.
 validation = field photos only, stratified per species; species with 0 or 1 field photo keep
-them in train. Bad files are skipped or fixed and reported, never silently.
+them in train. When no species has 2 (e.g. herbarium/ and test/ only), the validation split is
+empty, the summary says so, and the trainer runs without validation (no epoch selection, no early
+stopping). Bad files are skipped or fixed and reported, never silently.
 exit codes: 0 ok, 1 --strict and something was reported, 2 bad input (message names the file).
 """
 

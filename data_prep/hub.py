@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,19 @@ def resolve_token(token: str | None = None) -> str | None:
     return token or os.environ.get("HF_TOKEN") or get_token()
 
 
-def dataset_card(report: dict[str, Any], repo_id: str) -> str:
-    """Markdown dataset card: split counts, balance figure and numbers, classes without field photos."""
+def dataset_card(report: dict[str, Any], repo_id: str, empty_splits: Sequence[str] = ()) -> str:
+    """Markdown dataset card: split counts, balance figure and numbers, classes without field photos.
+
+    ``empty_splits`` are named as not uploaded (see :func:`push_dataset`).
+    """
     b = report["balance"]
+    validation = report.get("validation_split")
+    validation_line = f"\n\nValidation split: {validation}." if validation else ""
+    if empty_splits:
+        validation_line += (
+            f"\n\nEmpty splits are not uploaded: {', '.join(empty_splits)} (a trainer treats a missing"
+            " validation split like an empty one: no epoch selection, no early stopping)."
+        )
     missing = report["classes_without_field_training_images"]
     rows = "\n".join(
         f"| {split} | {c.get('herbarium', 0)} | {c.get('field', 0)} | {c['total']} |"
@@ -61,7 +72,7 @@ to the source folder). Images larger than {report["settings"]["max_side"]} px we
 |---|---|---|---|
 {rows}
 
-Validation rule: {report["validation_rule"]}
+Validation rule: {report["validation_rule"]}{validation_line}
 
 ## Balance
 
@@ -104,16 +115,24 @@ def push_dataset(
         token: explicit token; else ``HF_TOKEN`` or the login cache.
         api: an ``HfApi`` (tests pass a fake).
 
+    Empty splits (the validation split when no species has enough field photos) are not uploaded:
+    ``push_to_hub`` cannot write an empty image split; the card names them.
+
     Raises:
-        DataPrepError: when no token can be found.
+        DataPrepError: when no token can be found, or every split is empty.
     """
     token = resolve_token(token)
     if not token:
         raise DataPrepError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`")
+    # ``Dataset.push_to_hub`` divides by zero on an empty split with an ``Image`` column (its size
+    # estimate), e.g. the validation split of a herbarium-only collection: such splits stay local.
+    empty = [name for name, split in dsd.items() if len(split) == 0]
+    if len(empty) == len(dsd):
+        raise DataPrepError("nothing to push: every split is empty")
     api = api or HfApi(token=token)
     url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
     ops = [
-        CommitOperationAdd("README.md", dataset_card(report, repo_id).encode()),
+        CommitOperationAdd("README.md", dataset_card(report, repo_id, empty).encode()),
         CommitOperationAdd("prep_report.json", json.dumps(report, indent=2, ensure_ascii=False).encode()),
     ]
     if figure is not None and Path(figure).is_file():
@@ -121,5 +140,7 @@ def push_dataset(
     api.create_commit(
         repo_id, ops, commit_message="data_prep: dataset card and report", repo_type="dataset", token=token
     )
+    if empty:
+        dsd = DatasetDict({name: split for name, split in dsd.items() if name not in empty})
     dsd.push_to_hub(repo_id, private=private, token=token, commit_message="data_prep: upload dataset")
     return str(url)

@@ -36,6 +36,22 @@ def balance_figures(per_class: dict[str, dict[str, int]]) -> dict[str, Any]:
     }
 
 
+NO_VALIDATION = "none: no species has enough field photos"
+NO_VALIDATION_EFFECT = (
+    "the trainer runs without validation: no epoch selection (the last epoch is kept), no early stopping"
+)
+
+
+def validation_split_summary(per_class: dict[str, dict[str, int]], val_fraction: float | None) -> str:
+    """One line on the validation split: its size, or ``none: <why>`` when it is empty."""
+    with_val = [v["validation"] for v in per_class.values() if v["validation"]]
+    if with_val:
+        return f"{sum(with_val)} field photos of {len(with_val)} of {len(per_class)} species"
+    if val_fraction is not None and val_fraction <= 0:
+        return "none: val_fraction is 0"
+    return f"{NO_VALIDATION} (a species needs at least 2 field photos outside the test set to give one to validation)"
+
+
 def make_report(
     *,
     source: str,
@@ -68,6 +84,7 @@ def make_report(
             c for c, v in per_class.items() if v["train_field"] + v["validation"] == 0
         ],
         "balance": balance_figures(per_class),
+        "validation_split": validation_split_summary(per_class, settings.get("val_fraction")),
         "validation_rule": validation_rule,
         "findings": [f.to_dict() for f in findings],
         "finding_counts": dict(sorted(Counter(f.reason for f in findings).items())),
@@ -78,7 +95,8 @@ def make_report(
 
 
 def format_summary(report: dict[str, Any], max_fixed: int = 10) -> str:
-    """Short human summary: split and per-class counts, classes without field images, every skipped file."""
+    """Short human summary: split and per-class counts, the validation split (or why there is none),
+    classes without field images, every skipped file."""
     lines = [
         f"{report['num_classes']} classes, layout {report['layout']}: {report['source']}"
         + (f" -> {report['out']}" if report["out"] else "")
@@ -86,6 +104,11 @@ def format_summary(report: dict[str, Any], max_fixed: int = 10) -> str:
     lines.append(f"{'split':<12}{'herbarium':>10}{'field':>8}{'total':>8}")
     for split, c in report["splits"].items():
         lines.append(f"{split:<12}{c.get('herbarium', 0):>10}{c.get('field', 0):>8}{c['total']:>8}")
+    validation = report.get("validation_split")
+    if validation:
+        lines.append(f"validation split: {validation}")
+        if validation.startswith("none"):
+            lines.append(f"  {NO_VALIDATION_EFFECT}")
     width = max([len(c) for c in report["classes"]] + [5]) + 2
     lines.append("")
     lines.append(f"{'class':<{width}}{'herb':>6}{'field':>7}{'val':>6}{'test':>6}")

@@ -195,10 +195,13 @@ def load_splits(
         token: Hub token for private datasets.
         test_split_required: Raise when ``test_split`` is missing.
         valid_split_required: Raise when ``valid_split`` is missing (otherwise: warn, no validation).
+            An empty validation or test split is always skipped with a warning (what data_prep writes
+            when no species has enough field photos for validation).
 
     Raises:
         FileNotFoundError: see :func:`open_dataset_dict`.
-        ValueError: a missing split or column, or classes in an evaluation split unknown to training.
+        ValueError: a missing split or column, an empty training split, or classes in an evaluation
+            split unknown to training.
     """
     config_name = None
     if ":" in train_split:
@@ -226,6 +229,26 @@ def load_splits(
     if test_split is not None and test_split not in dd:
         if test_split_required:
             raise ValueError(f"test_split {test_split!r} not in {data_path!r} (splits: {splits})")
+        test_split = None
+    if len(dd[train_split]) == 0:
+        raise ValueError(f"train split {train_split!r} is empty in {data_path!r}: nothing to train on")
+    # An empty split (data_prep saves an empty validation split when no species has two field photos)
+    # is treated like a missing one, whether or not it was named explicitly: the data was found, there
+    # is just nothing in it to evaluate.
+    if valid_split is not None and len(dd[valid_split]) == 0:
+        note = (
+            f"validation split {valid_split!r} is empty in {data_path!r}: training without validation, so "
+            "no epoch selection (the last epoch is kept) and no early stopping"
+        )
+        warnings.warn(note, stacklevel=2)
+        logger.warning(note)
+        notes.append(note)
+        valid_split = None
+    if test_split is not None and len(dd[test_split]) == 0:
+        note = f"test split {test_split!r} is empty in {data_path!r}: skipped, no test metrics"
+        warnings.warn(note, stacklevel=2)
+        logger.warning(note)
+        notes.append(note)
         test_split = None
 
     train = dd[train_split]

@@ -12,6 +12,11 @@ so a validation split that lacks some training classes (species without field ph
   (a class absent from them has no recall to measure; predicting it still costs the true class its
   recall and counts as a false positive nowhere else).
 
+- ECE: expected calibration error of the softmax of the scores (which must then be logits): the
+  images are binned by top-1 confidence into 15 equal-width bins, and ECE is the image-weighted mean of
+  |accuracy - mean confidence| over the bins (Guo et al., "On Calibration of Modern Neural Networks",
+  ICML 2017).
+
 Subsets: ``all``; each domain (``herbarium``, ``field``) present; and the class groups
 ``with_field`` (classes that have field photos in the training split) and ``herbarium_only`` (classes
 trained from herbarium sheets only: the data-deficient species this project is about).
@@ -27,7 +32,8 @@ import numpy as np
 DOMAIN_NAMES = ("herbarium", "field")
 FIELD = 1
 GROUP_NAMES = ("with_field", "herbarium_only")
-METRIC_NAMES = ("top1", "top5", "mrr", "macro_f1")
+METRIC_NAMES = ("top1", "top5", "mrr", "macro_f1", "ece")
+ECE_BINS = 15
 
 
 def true_class_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -69,8 +75,106 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(f1))
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def reliability_bins(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Reliability diagram data: per equal-width confidence bin, ``lo, hi, n, confidence, accuracy``.
+
+    Args:
+        logits: (N, C) logits; confidence is the top-1 softmax probability.
+        labels: (N,) true class ids.
+        bins: number of bins over [0, 1].
+
+    Returns:
+        One dict per non-empty bin (mean confidence and accuracy of the images in it).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return []
+    probs = softmax(logits)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            out.append(
+                {
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "n": int(mask.sum()),
+                    "confidence": float(conf[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                }
+            )
+    return out
+
+
+def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of the top-1 softmax confidence (see the module docstring); NaN without images."""
+    rows = reliability_bins(logits, labels, bins)
+    n = sum(r["n"] for r in rows)
+    if n == 0:
+        return float("nan")
+    return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / n)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)``.
+
+    Temperature scaling (Guo et al., ICML 2017): one scalar, fitted on held-out data; it never changes the
+    ranking. Searched on a log grid over [0.05, 20] (400 points), then refined around the best point.
+
+    Args:
+        logits: (N, C) logits at ``T = 1``.
+        labels: (N,) true class ids, N >= 1.
+
+    Returns:
+        ``T > 0``.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("fit_temperature needs at least one image")
+
+    def nll(t: float) -> float:
+        q = z / t
+        q = q - q.max(axis=1, keepdims=True)
+        return float((np.log(np.exp(q).sum(axis=1)) - q[np.arange(len(labels)), labels]).mean())
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    fine = best * np.exp(np.linspace(-0.02, 0.02, 41))
+    return float(fine[int(np.argmin([nll(t) for t in fine]))])
+
+
+NO_MATCH_THRESHOLD = 0.5
+"""The app's default confidence threshold: below it, the app answers "no confident match"."""
+
+
+def wrong_unconfident(logits: np.ndarray, labels: np.ndarray, threshold: float = NO_MATCH_THRESHOLD) -> float:
+    """Share of the wrong top-1 answers whose softmax confidence is below ``threshold`` (the app then says
+    "no confident match" instead of a wrong species); NaN when no answer is wrong."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    probs = softmax(logits)
+    wrong = probs.argmax(axis=1) != labels
+    if not wrong.any():
+        return float("nan")
+    return float((probs.max(axis=1)[wrong] < threshold).mean())
+
+
 def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """top1, top5, mrr, macro_f1 and the number of images ``n``."""
+    """top1, top5, mrr, macro_f1, ece (scores taken as logits) and the number of images ``n``."""
     scores = np.asarray(scores)
     labels = np.asarray(labels, dtype=np.int64)
     return {
@@ -78,6 +182,8 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, 
         "top5": top_k_accuracy(scores, labels, 5),
         "mrr": mean_reciprocal_rank(scores, labels),
         "macro_f1": macro_f1(scores.argmax(axis=1), labels) if len(labels) else float("nan"),
+        "ece": expected_calibration_error(scores, labels) if len(labels) else float("nan"),
+        "wrong_unconfident": wrong_unconfident(scores, labels),
         "n": int(len(labels)),
     }
 
@@ -136,6 +242,23 @@ def flatten_report(report: Mapping[str, Mapping[str, float]]) -> dict[str, float
         for key, value in values.items():
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def readable(report: Mapping[str, Mapping[str, float]]) -> str:
+    """One log line: ``top-1 0.600, top-5 0.840, MRR 0.710, ECE 0.120 (n=55)`` for the field photos (all
+    images when there are none), plus the herbarium-only species when present."""
+    parts = []
+    for subset, label in (
+        ("field" if "field" in report else "all", ""),
+        ("herbarium_only", "herbarium-only "),
+    ):
+        m = report.get(subset)
+        if m:
+            parts.append(
+                f"{label}{subset if not label else ''} top-1 {m['top1']:.3f}, top-5 {m['top5']:.3f}, "
+                f"MRR {m['mrr']:.3f}, ECE {m.get('ece', float('nan')):.3f} (n={m['n']})".strip()
+            )
+    return "; ".join(parts)
 
 
 def best_model_metric(domains: np.ndarray | None) -> str:

@@ -28,7 +28,7 @@ SUBSET_TITLES = {
     "with_field": "Classes with field training photos",
     "herbarium_only": "Classes without field training photos (herbarium only)",
 }
-METRIC_TITLES = {"top1": "Top-1", "top5": "Top-5", "mrr": "MRR", "macro_f1": "Macro-F1"}
+METRIC_TITLES = {"top1": "Top-1", "top5": "Top-5", "mrr": "MRR", "macro_f1": "Macro-F1", "ece": "ECE"}
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -110,6 +110,7 @@ def render_model_card(
     class_names: Sequence[str],
     tsne_file: str | None = None,
     repo_id: str | None = None,
+    reliability_file: str | None = None,
 ) -> str:
     """The ``README.md`` of the model folder.
 
@@ -119,6 +120,7 @@ def render_model_card(
         class_names: Label order.
         tsne_file: Relative path of the t-SNE picture, when written.
         repo_id: Hub repository (for the usage snippet); default: the local folder.
+        reliability_file: Relative path of the reliability diagram, when written.
     """
     project = params.get("project_name", "model")
     data = _card_data(params, metrics, project)
@@ -172,9 +174,11 @@ def render_model_card(
         ]
     lines += [
         "MRR is the mean reciprocal rank of the true species (PlantCLEF's metric); macro-F1 averages the "
-        "classes present in each subset.",
+        "classes present in each subset; ECE is the expected calibration error of the top-1 confidence "
+        "(15 bins).",
         "",
     ]
+    lines += _selection_and_calibration(params, metrics, reliability_file)
     if tsne_file:
         lines += [
             "## Embeddings (t-SNE)",
@@ -192,6 +196,65 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _selection_and_calibration(
+    params: Mapping[str, Any], metrics: Mapping[str, Any], reliability_file: str | None
+) -> list[str]:
+    """Card lines: how the weights were chosen (validation or not, WiSE-FT) and how confidences were set."""
+    lines = ["## How the saved weights and confidences were chosen", ""]
+    if metrics.get("best_model_metric"):
+        lines.append(f"- The epoch with the best validation `{metrics['best_model_metric']}` was kept.")
+    else:
+        lines.append(
+            "- **No field validation photos were available**: no epoch could be selected and there was no "
+            "early stopping; the last epoch was kept, with the defaults that the real-data benchmark showed "
+            "safe without selection."
+        )
+    alpha = (metrics.get("wise_ft") or {}).get("alpha", 1.0)
+    if alpha < 1.0:
+        lines.append(
+            f"- WiSE-FT: the weights are {1 - alpha:g} x the starting model (pretrained backbone, class-mean "
+            f"prototypes) + {alpha:g} x the fine-tuned one."
+        )
+    cal = metrics.get("calibration") or {}
+    if cal.get("temperature") is not None:
+        lines.append(
+            f"- Confidences: logits are divided by a temperature T = {float(cal['temperature']):.3g} "
+            f"({cal.get('source', '')})."
+        )
+    lines.append("")
+    if reliability_file:
+        lines += [f"![Reliability diagram of the field photos]({reliability_file})", ""]
+    return lines
+
+
+def plot_reliability(reliability: Mapping[str, Sequence[Mapping[str, float]]], path: str) -> None:
+    """Reliability diagram: accuracy against mean top-1 confidence per bin, one line per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for split, rows in reliability.items():
+        if rows:
+            ax.plot(
+                [r["confidence"] for r in rows],
+                [r["accuracy"] for r in rows],
+                marker="o",
+                label=f"{split} (field)",
+            )
+    ax.set_xlabel("top-1 confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability of the field photos")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _json(params: Mapping[str, Any]) -> str:

@@ -116,6 +116,9 @@ class ArcFaceConfig(PretrainedConfig):
         image_mean: Per-channel mean used to normalise ``[0, 1]`` pixels.
         image_std: Per-channel standard deviation used to normalise ``[0, 1]`` pixels.
         image_interpolation: Resize filter (``"bilinear"`` or ``"bicubic"``) the backbone was trained with.
+        logit_temperature: Inference logits are ``s * cos(theta) / T``; ``T`` is fitted after training
+            (temperature scaling: Guo, Pleiss, Sun, Weinberger, "On Calibration of Modern Neural
+            Networks", ICML 2017). It changes confidences, never the ranking.
         **kwargs: Passed to :class:`~transformers.PretrainedConfig` (``id2label``, ``label2id``, ...).
     """
 
@@ -135,8 +138,11 @@ class ArcFaceConfig(PretrainedConfig):
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
         image_interpolation: str = "bilinear",
+        logit_temperature: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        if logit_temperature <= 0:
+            raise ValueError(f"logit_temperature must be > 0, got {logit_temperature}")
         if backbone_source not in ("timm", "transformers"):
             raise ValueError(f"backbone_source must be 'timm' or 'transformers', got {backbone_source!r}")
         self.backbone = backbone
@@ -151,6 +157,7 @@ class ArcFaceConfig(PretrainedConfig):
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
         self.image_interpolation = str(image_interpolation)
+        self.logit_temperature = float(logit_temperature)
         super().__init__(**kwargs)
 
 
@@ -176,6 +183,7 @@ class ArcFaceHead(nn.Module):
         margin: Additive angular margin ``m`` in radians (``0 <= m < pi / 2``).
         subcenters: Centres per class ``k``.
         eps: Cosine clamp margin.
+        temperature: Inference logits are divided by it (:meth:`get_logits`); training logits are not.
     """
 
     def __init__(
@@ -186,6 +194,7 @@ class ArcFaceHead(nn.Module):
         margin: float = 0.5,
         subcenters: int = 1,
         eps: float = 1e-7,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= margin < math.pi / 2:
@@ -198,6 +207,7 @@ class ArcFaceHead(nn.Module):
         self.margin = float(margin)
         self.subcenters = int(subcenters)
         self.eps = float(eps)
+        self.temperature = float(temperature)
         self.cos_m = math.cos(margin)
         self.sin_m = math.sin(margin)
         self.th = math.cos(math.pi - margin)
@@ -213,7 +223,7 @@ class ArcFaceHead(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes}, scale={self.scale}, "
-            f"margin={self.margin}, subcenters={self.subcenters}"
+            f"margin={self.margin}, subcenters={self.subcenters}, temperature={self.temperature}"
         )
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -235,7 +245,7 @@ class ArcFaceHead(nn.Module):
             return cos.clamp(-1.0 + self.eps, 1.0 - self.eps)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Inference logits ``s * cos(theta)`` (no margin).
+        """Inference logits ``s * cos(theta) / temperature`` (no margin).
 
         Args:
             embeddings: ``(B, in_features)``.
@@ -243,7 +253,7 @@ class ArcFaceHead(nn.Module):
         Returns:
             ``(B, num_classes)`` float32 (float64 for float64 inputs).
         """
-        return self.cosine(embeddings) * self.scale
+        return self.cosine(embeddings) * (self.scale / self.temperature)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Training logits: the additive angular margin on each sample's target class.
@@ -664,6 +674,7 @@ class ArcFaceForImageClassification(ArcFacePreTrainedModel):
             scale=config.arcface_scale,
             margin=config.arcface_margin,
             subcenters=config.arcface_subcenters,
+            temperature=getattr(config, "logit_temperature", 1.0),
         )
         self.post_init()
 
@@ -741,6 +752,46 @@ class ArcFaceForImageClassification(ArcFacePreTrainedModel):
             return ((loss,) + output) if loss is not None else output
         return ImageClassifierOutput(loss=loss, logits=logits)
 
+    def set_logit_temperature(self, temperature: float) -> None:
+        """Set the inference temperature ``T`` (config and head), e.g. after fitting it on validation."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.config.logit_temperature = float(temperature)
+        self.head.temperature = float(temperature)
+
+    @torch.no_grad()
+    def init_projection(self, features: torch.Tensor) -> str:
+        """Start the projection so that embeddings keep the pooled features' cosine geometry.
+
+        With ``embedding_dim == feature_dim`` the projection becomes the identity (exact: class-mean
+        prototypes on the embeddings rank exactly like prototypes on the pooled features). With a smaller
+        ``embedding_dim`` its rows become the top right-singular vectors of the (uncentred) features, an
+        orthonormal map that keeps most of their energy, so cosines are nearly preserved. Bias zero.
+
+        Args:
+            features: ``(N, feature_dim)`` pooled backbone features of the training images.
+
+        Returns:
+            ``"identity"`` or ``"pca"`` (what was done).
+        """
+        weight = self.projection.weight
+        out_dim, in_dim = weight.shape
+        if features.ndim != 2 or features.shape[1] != in_dim:
+            raise ValueError(f"features must be (N, {in_dim}), got {tuple(features.shape)}")
+        self.projection.bias.zero_()
+        if out_dim == in_dim:
+            weight.copy_(torch.eye(in_dim, dtype=weight.dtype, device=weight.device))
+            return "identity"
+        _, _, vh = torch.linalg.svd(features.double(), full_matrices=True)
+        basis = vh[:out_dim]
+        if basis.shape[0] < out_dim:  # fewer images than dimensions: complete with an orthonormal basis
+            q, _ = torch.linalg.qr(
+                torch.randn(in_dim, in_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            )
+            basis = torch.cat([basis, q.t()[: out_dim - basis.shape[0]]])
+        weight.copy_(basis.to(device=weight.device, dtype=weight.dtype))
+        return "pca"
+
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the backbone."""
         return self.backbone.parameters()
@@ -786,7 +837,7 @@ def create_arcface_model(
     id2label: Mapping[int, str] | Sequence[str],
     backbone_source: str = "auto",
     pretrained: bool = True,
-    embedding_dim: int = 512,
+    embedding_dim: int | None = None,
     arcface_scale: float = 30.0,
     arcface_margin: float = 0.5,
     arcface_subcenters: int = 1,
@@ -804,7 +855,7 @@ def create_arcface_model(
         id2label: Class names by index (mapping or sequence), in the dataset's ``ClassLabel`` order.
         backbone_source: ``"timm"``, ``"transformers"`` or ``"auto"`` (see :func:`resolve_backbone_source`).
         pretrained: Load the backbone's pretrained weights (may download for Hub names).
-        embedding_dim: Embedding size after the projection.
+        embedding_dim: Embedding size after the projection; None: the backbone's feature size.
         arcface_scale: ArcFace scale ``s``.
         arcface_margin: ArcFace margin ``m`` (radians).
         arcface_subcenters: Sub-centres per class.
@@ -833,7 +884,7 @@ def create_arcface_model(
         backbone_source=source,
         backbone_config=backbone_config,
         feature_dim=feature_dim,
-        embedding_dim=embedding_dim,
+        embedding_dim=embedding_dim if embedding_dim is not None else feature_dim,
         arcface_scale=arcface_scale,
         arcface_margin=arcface_margin,
         arcface_subcenters=arcface_subcenters,

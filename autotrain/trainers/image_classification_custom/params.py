@@ -75,8 +75,11 @@ class ImageClassificationCustomParams(AutoTrainParams):
     backbone_source: Literal["auto", "timm", "transformers"] = Field(
         "auto", title="Library that builds the backbone; `auto` decides from the name or folder"
     )
-    embedding_dim: int = Field(
-        512, ge=2, title="Size of the L2-normalised embedding (projection after the backbone)"
+    embedding_dim: int | None = Field(
+        None,
+        ge=2,
+        title="Size of the L2-normalised embedding (projection after the backbone); null: the backbone's "
+        "feature size, with an identity start",
     )
     arcface_scale: float = Field(30.0, gt=0, title="ArcFace scale s (logits are s*cos(theta))")
     arcface_margin: float = Field(
@@ -90,8 +93,28 @@ class ImageClassificationCustomParams(AutoTrainParams):
     )
     head_init: Literal["prototypes", "random"] = Field(
         "prototypes",
-        title="Initial class centres: `prototypes` = normalised mean embedding of each class's un-augmented "
-        "training images (skipped when resuming); `random`",
+        title="Initial head: `prototypes` = projection that keeps the pooled features' geometry (identity, or "
+        "the top principal directions when `embedding_dim` is smaller) and class centres at the normalised mean "
+        "embedding of each class's un-augmented training images, so that before training the model ranks "
+        "like frozen-feature prototypes (skipped when resuming); `random`",
+    )
+    wise_ft_alpha: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        title="WiSE-FT: the saved weights are (1 - alpha) x the starting weights + alpha x the fine-tuned "
+        "ones (Wortsman et al., CVPR 2022); 1 = plain fine-tuning, 0 = the frozen-feature prototypes",
+    )
+    wise_ft_report: list[float] | None = Field(
+        None,
+        title="WiSE-FT alphas to evaluate on validation and test after training (a table in metrics.json; "
+        "for benchmarks); the saved model uses `wise_ft_alpha`",
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        title="Inference temperature T (logits s*cos/T): null = fitted on the field validation photos when "
+        "there are some, else the measured default 2.0; it changes confidences, not the ranking",
     )
     image_size: int | None = Field(
         None, ge=16, title="Input size in pixels (square); default: the backbone's pretraining size"

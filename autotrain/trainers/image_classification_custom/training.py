@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from huggingface_hub import HfApi
+from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
@@ -51,7 +52,11 @@ from autotrain.trainers.image_classification_custom.dataset import (
     resize_uint8,
     train_cache_size,
 )
-from autotrain.trainers.image_classification_custom.model_card import plot_tsne, render_model_card
+from autotrain.trainers.image_classification_custom.model_card import (
+    plot_reliability,
+    plot_tsne,
+    render_model_card,
+)
 from autotrain.trainers.image_classification_custom.modeling_arcface import (
     ArcFaceForImageClassification,
     create_arcface_model,
@@ -59,7 +64,19 @@ from autotrain.trainers.image_classification_custom.modeling_arcface import (
 )
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 
-HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "autotrain-data/**", "cache/**", "*.u8", "*.npy"]
+WISE_FT_START = "wise_ft_start.safetensors"
+HUB_IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "autotrain-data/**",
+    "cache/**",
+    "*.u8",
+    "*.npy",
+    WISE_FT_START,
+]
+FALLBACK_TEMPERATURE = 2.0
+"""Inference temperature without field validation photos to fit one on (measured on the real leafsnap
+benchmark's validation split: see BENCHMARKS.md, "Real images")."""
 TSNE_MAX_TRAIN_HERBARIUM = 600
 TSNE_MAX_EVAL = 1500
 
@@ -307,6 +324,42 @@ def auto_logging_steps(n_train: int, config: ImageClassificationCustomParams, wo
 
 
 @torch.inference_mode()
+def compute_features(
+    model: ArcFaceForImageClassification,
+    images: np.ndarray,
+    collator: NormalizeCollator,
+    batch_size: int,
+    device: torch.device,
+    image_size: int,
+    interpolation: str,
+) -> np.ndarray:
+    """Pooled backbone features ``(N, feature_dim)`` float32 of cached uint8 images (before the projection)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = resize_uint8(images[start : start + batch_size], image_size, interpolation)
+        out.append(model.forward_features(collator.normalize(batch).to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def prototype_logits(
+    train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, num_classes: int, scale: float
+) -> np.ndarray:
+    """``scale * cos`` between ``features`` (N, D) and the class-mean prototypes of ``train_features``.
+
+    The "no training" line: nearest-class-mean on the backbone's pooled features, no projection.
+    """
+    from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceHead
+
+    head = ArcFaceHead(train_features.shape[1], num_classes, scale=scale, margin=0.0)
+    head.init_from_prototypes(torch.from_numpy(train_features), torch.from_numpy(train_labels))
+    with torch.no_grad():
+        return head.get_logits(torch.from_numpy(features)).numpy()
+
+
+@torch.inference_mode()
 def compute_embeddings(
     model: ArcFaceForImageClassification,
     images: np.ndarray,
@@ -457,33 +510,54 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         + "".join(f"; {k} {cache_budget_note(len(v), size)}" for k, v in eval_images.items())
     )
 
-    # --- prototypes (un-augmented training images), skipped when resuming ----------------------------
+    # --- start: projection and centres from un-augmented training images, skipped when resuming -------
     device = state.device
     baseline = None
+    start_weights = None
+    evaluated = [s for s in (data.validation, data.test) if s is not None]
     if config.head_init == "prototypes" and resume is None:
         t0 = time.perf_counter()
         model.to(device)
-        emb, _ = compute_embeddings(
-            model, train_images, collator, 2 * config.batch_size, device, size, interp
-        )
-        model.head.init_from_prototypes(torch.from_numpy(emb), torch.from_numpy(data.train.labels))
+        feats = compute_features(model, train_images, collator, 2 * config.batch_size, device, size, interp)
+        how = model.init_projection(torch.from_numpy(feats))
+        with torch.no_grad():
+            emb = model.projection(torch.from_numpy(feats).to(device)).float().cpu()
+        model.head.init_from_prototypes(emb, torch.from_numpy(data.train.labels))
         logger.info(
-            f"ArcFace centres initialised from class-mean embeddings ({time.perf_counter() - t0:.1f}s)"
+            f"Projection started as {how}, ArcFace centres at class-mean embeddings: before training the "
+            f"model ranks like frozen-feature prototypes ({time.perf_counter() - t0:.1f}s)"
         )
-        if is_main:  # the frozen-feature baseline the training has to beat (reported, never selected on)
+        if is_main:  # the "no training" line: pooled-feature prototypes (reported, never selected on)
             baseline = {}
-            for split in (data.validation, data.test):
-                if split is not None:
-                    _, logits = compute_embeddings(
-                        model, eval_images[split.name], collator, 2 * config.batch_size, device, size, interp
-                    )
-                    baseline[split.name] = M.evaluation_report(
-                        logits, split.labels, split.domains, class_has_field
-                    )
-                    logger.info(
-                        f"Before training (prototypes), {split.name}: {M.flatten_report(baseline[split.name])}"
-                    )
+            for split in evaluated:
+                feats_eval = compute_features(
+                    model, eval_images[split.name], collator, 2 * config.batch_size, device, size, interp
+                )
+                logits = prototype_logits(
+                    feats, data.train.labels, feats_eval, len(class_names), config.arcface_scale
+                )
+                baseline[split.name] = M.evaluation_report(
+                    logits, split.labels, split.domains, class_has_field
+                )
+                logger.info(
+                    f"Before training (frozen-feature prototypes), {split.name}: "
+                    f"{M.readable(baseline[split.name])}"
+                )
         model.train()
+    if resume is None and (config.wise_ft_alpha < 1.0 or config.wise_ft_report):
+        start_weights = {
+            k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
+        }
+        if is_main:
+            save_file(start_weights, str(project / WISE_FT_START))
+    elif config.wise_ft_alpha < 1.0 or config.wise_ft_report:
+        if (project / WISE_FT_START).is_file():
+            start_weights = load_file(str(project / WISE_FT_START))
+        else:
+            logger.warning(
+                f"WiSE-FT: resuming without {WISE_FT_START} in {str(project)!r}: the starting weights are "
+                "unknown, so the fine-tuned weights are saved as they are (wise_ft_alpha ignored)"
+            )
 
     # --- Trainer ------------------------------------------------------------------------------------
     train_transform = None if batch_aug else create_train_transform(size, config.augmentation, interp)
@@ -587,8 +661,33 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         return {}
 
     # --- outputs (main process only) ----------------------------------------------------------------
-    logger.info("Finished training, saving the model folder...")
     model = trainer.model
+    eval_kwargs = dict(collator=collator, batch_size=2 * config.batch_size, image_size=size, interp=interp)
+    wise_ft = None
+    if start_weights is not None:
+        tuned = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+        if config.wise_ft_report:
+            wise_ft = []
+            for alpha in config.wise_ft_report:
+                apply_wise_ft(model, start_weights, tuned, alpha)
+                row: dict[str, Any] = {"alpha": float(alpha)}
+                for split in evaluated:
+                    _, logits = _embed_split(model, eval_images[split.name], **eval_kwargs)
+                    row[split.name] = M.evaluation_report(
+                        logits, split.labels, split.domains, class_has_field
+                    )
+                wise_ft.append(row)
+                logger.info(
+                    f"WiSE-FT alpha {alpha:g}: "
+                    + "; ".join(f"{k} {M.readable(row[k])}" for k in row if k != "alpha")
+                )
+        apply_wise_ft(model, start_weights, tuned, config.wise_ft_alpha)
+        if config.wise_ft_alpha < 1.0:
+            logger.info(
+                f"WiSE-FT: saved weights = {1 - config.wise_ft_alpha:g} x start + {config.wise_ft_alpha:g} x fine-tuned"
+            )
+    calibration = calibrate(model, config, data.validation, eval_images, eval_kwargs)
+    logger.info("Finished training, saving the model folder...")
     save_arcface_model(model, project)
     summary: dict[str, Any] = {
         "image_size": size,
@@ -598,19 +697,24 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
             "herbarium_only": int((~class_has_field).sum()),
         },
         "best_model_metric": best_metric if evaluate else None,
+        "notes": list(getattr(data, "notes", []) or []),
     }
     embeddings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for split in (data.validation, data.test):
-        if split is None:
-            continue
-        emb, logits = compute_embeddings(
-            model, eval_images[split.name], collator, 2 * config.batch_size, model.device, size, interp
-        )
+    reliability: dict[str, list[dict[str, float]]] = {}
+    for split in evaluated:
+        emb, logits = _embed_split(model, eval_images[split.name], **eval_kwargs)
         summary[split.name] = M.evaluation_report(logits, split.labels, split.domains, class_has_field)
+        field = split.domains == FIELD
+        reliability[split.name] = M.reliability_bins(logits[field], split.labels[field])
         embeddings[split.name] = (emb, split.labels, split.domains)
-        logger.info(f"{split.name}: {M.flatten_report(summary[split.name])}")
+        logger.info(f"{split.name}: {M.readable(summary[split.name])}")
     if baseline is not None:
         summary["baseline_prototypes"] = baseline
+    summary["wise_ft"] = {
+        "alpha": config.wise_ft_alpha if start_weights is not None else 1.0,
+        "report": wise_ft,
+    }
+    summary["calibration"] = {**calibration, "reliability_field": reliability}
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume and resume.rsplit("-", 1)[-1].isdigit() else None
     summary["training"] = {
         "global_step": trainer.state.global_step,
@@ -637,16 +741,86 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         )
     summary["training"]["wall_seconds"] = round(time.perf_counter() - wall_start, 2)
     write_json(project / "metrics.json", summary)
+    reliability_file = None
+    if any(reliability.values()):
+        plot_reliability(reliability, str(project / "reliability.png"))
+        reliability_file = "reliability.png"
     card = render_model_card(
-        config.public_dict(), summary, class_names, tsne_file=tsne_file, repo_id=config.resolved_repo_id
+        config.public_dict(),
+        summary,
+        class_names,
+        tsne_file=tsne_file,
+        repo_id=config.resolved_repo_id,
+        reliability_file=reliability_file,
     )
     (project / "README.md").write_text(card, encoding="utf-8")
     if config.push_to_hub:
         push_folder_to_hub(config, str(project))
     shutil.rmtree(project / "cache", ignore_errors=True)
+    (project / WISE_FT_START).unlink(missing_ok=True)
     pause_space(config)
     logger.info(f"Done in {summary['training']['wall_seconds']:.0f}s: {project.resolve()}")
     return summary
+
+
+def _embed_split(model, images, *, collator, batch_size, image_size, interp):
+    return compute_embeddings(model, images, collator, batch_size, model.device, image_size, interp)
+
+
+@torch.no_grad()
+def apply_wise_ft(
+    model: torch.nn.Module, start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float
+) -> None:
+    """Load ``(1 - alpha) * start + alpha * tuned`` into ``model`` (WiSE-FT weight-space ensembling).
+
+    Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022. Floating-point tensors are
+    interpolated; integer buffers (BatchNorm's ``num_batches_tracked``) are taken from ``tuned``.
+
+    Args:
+        model: the fine-tuned model (its architecture matches both state dicts).
+        start: state dict before fine-tuning (here: pretrained backbone, projection and prototype centres).
+        tuned: state dict after fine-tuning.
+        alpha: mixing coefficient in [0, 1].
+    """
+    mixed = {}
+    for key, value in tuned.items():
+        if value.is_floating_point() and key in start:
+            mixed[key] = torch.lerp(start[key].to(value.dtype), value, float(alpha))
+        else:
+            mixed[key] = value
+    model.load_state_dict(mixed, strict=True)
+
+
+def calibrate(model, config, validation, eval_images, eval_kwargs) -> dict[str, Any]:
+    """Set the inference temperature: ``config.temperature``, else fitted on the field validation photos,
+    else :data:`FALLBACK_TEMPERATURE`. Returns what was done (for ``metrics.json`` and the card)."""
+    if config.temperature is not None:
+        model.set_logit_temperature(config.temperature)
+        return {"temperature": config.temperature, "source": "config"}
+    field = None if validation is None else validation.domains == FIELD
+    if field is None or not field.any():
+        model.set_logit_temperature(FALLBACK_TEMPERATURE)
+        logger.warning(
+            f"No field validation photos: confidences use the default temperature {FALLBACK_TEMPERATURE:g} "
+            "(measured on the real benchmark), not one fitted to this collection"
+        )
+        return {"temperature": FALLBACK_TEMPERATURE, "source": "default (no field validation photos)"}
+    model.set_logit_temperature(1.0)
+    _, logits = _embed_split(model, eval_images[validation.name][field], **eval_kwargs)
+    labels = validation.labels[field]
+    temperature = M.fit_temperature(logits, labels)
+    model.set_logit_temperature(temperature)
+    result = {
+        "temperature": round(temperature, 4),
+        "source": f"fitted on {int(field.sum())} field validation photos",
+        "validation_field_ece_before": M.expected_calibration_error(logits, labels),
+        "validation_field_ece_after": M.expected_calibration_error(logits / temperature, labels),
+    }
+    logger.info(
+        f"Temperature {temperature:.3g} fitted on the field validation photos: ECE "
+        f"{result['validation_field_ece_before']:.3f} -> {result['validation_field_ece_after']:.3f}"
+    )
+    return result
 
 
 def _write_tsne(

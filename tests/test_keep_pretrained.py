@@ -1,0 +1,158 @@
+"""Keeping what the pretrained features know (issue 14, points 3-6): projection start, WiSE-FT,
+temperature calibration and ECE, the "no training" baseline line."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_trainer import make_tiny_timm
+
+from autotrain.trainers.image_classification_custom import metrics as M
+from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
+from autotrain.trainers.image_classification_custom.training import apply_wise_ft, prototype_logits
+from data_prep.cli import main as data_prep_main
+from data_prep.testing import make_folder_tree
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["a", "b", "c", "d"]
+
+
+def _tiny(tmp_path: Path, embedding_dim: int | None):
+    folder = make_tiny_timm(tmp_path / "tiny")
+    return create_arcface_model(str(folder), LABELS, embedding_dim=embedding_dim, image_size=32).eval()
+
+
+@pytest.mark.parametrize("embedding_dim", [None, 8])
+def test_model_starts_ranking_like_frozen_feature_prototypes(tmp_path, embedding_dim):
+    """Identity (or PCA) projection + class-mean centres: before training, the model's logits rank every
+    image exactly like nearest-class-mean on the pooled backbone features."""
+    model = _tiny(tmp_path, embedding_dim)
+    torch.manual_seed(1)
+    train_x, eval_x = torch.randn(6, 3, 32, 32), torch.randn(5, 3, 32, 32)
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    with torch.no_grad():
+        feats, feats_eval = model.forward_features(train_x), model.forward_features(eval_x)
+        how = model.init_projection(feats)
+        model.head.init_from_prototypes(model.projection(feats), torch.from_numpy(labels))
+        logits = model(eval_x).logits.numpy()
+    assert how == ("identity" if embedding_dim is None else "pca")
+    expected = prototype_logits(feats.numpy(), labels, feats_eval.numpy(), len(LABELS), model.head.scale)
+    if embedding_dim is None:
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+    else:  # 6 training images span at most 6 < 8 dimensions: the projection is exact on their span
+        train_logits = model(train_x).logits.detach().numpy()
+        np.testing.assert_allclose(
+            train_logits,
+            prototype_logits(feats.numpy(), labels, feats.numpy(), len(LABELS), model.head.scale),
+            atol=1e-3,
+        )
+        w = model.projection.weight.detach().double()
+        np.testing.assert_allclose((w @ w.t()).numpy(), np.eye(8), atol=1e-5)  # orthonormal rows
+
+
+def test_wise_ft_interpolates_every_float_tensor(tmp_path):
+    model = _tiny(tmp_path, 8)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = {k: (v + 1.0 if v.is_floating_point() else v + 5) for k, v in start.items()}
+    apply_wise_ft(model, start, tuned, 0.25)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, start[key] + 0.25)
+        else:  # integer buffers (num_batches_tracked) come from the fine-tuned weights
+            torch.testing.assert_close(value, tuned[key])
+    apply_wise_ft(model, start, tuned, 0.0)
+    torch.testing.assert_close(model.state_dict()["projection.weight"], start["projection.weight"])
+
+
+def test_temperature_changes_confidence_not_ranking(tmp_path):
+    model = _tiny(tmp_path, 8)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x).logits
+        model.set_logit_temperature(2.5)
+        after = model(x).logits
+    torch.testing.assert_close(after, before / 2.5)
+    assert model.config.logit_temperature == 2.5
+    with pytest.raises(ValueError, match="temperature"):
+        model.set_logit_temperature(0.0)
+
+
+def test_fit_temperature_recovers_the_scale_of_overconfident_logits():
+    rng = np.random.default_rng(0)
+    calibrated = rng.normal(size=(4000, 10)) * 2.0
+    probs = M.softmax(calibrated)
+    labels = np.array([rng.choice(10, p=p) for p in probs])
+    t = M.fit_temperature(calibrated * 3.0, labels)
+    assert 2.7 < t < 3.3
+    assert M.expected_calibration_error(calibrated * 3.0 / t, labels) < M.expected_calibration_error(
+        calibrated * 3.0, labels
+    )
+
+
+def test_ece_and_wrong_unconfident_by_hand():
+    # two images: confidence 0.9 right, confidence ~0.6 wrong (2 classes)
+    logits = np.array([[np.log(9.0), 0.0], [np.log(1.5), 0.0]])
+    labels = np.array([0, 1])
+    # bins: 0.9 -> acc 1, conf 0.9 (gap 0.1); 0.6 -> acc 0, conf 0.6 (gap 0.6); ECE = (0.1 + 0.6) / 2
+    assert M.expected_calibration_error(logits, labels) == pytest.approx(0.35)
+    assert M.wrong_unconfident(logits, labels) == 0.0  # the wrong answer is at 60% >= 50%
+    # three classes: the wrong answer at ~35% confidence is below the app's 50% threshold
+    assert M.wrong_unconfident(np.array([[0.1, 0.0, 0.0]]), np.array([1])) == 1.0
+    rows = M.reliability_bins(logits, labels)
+    assert [r["n"] for r in rows] == [1, 1] and rows[0]["accuracy"] == 0.0 and rows[1]["accuracy"] == 1.0
+
+
+def _train(tmp_path: Path, monkeypatch, **overrides) -> tuple[Path, dict]:
+    from autotrain.trainers.image_classification_custom.__main__ import train
+
+    counts = {f"Species {c}": (4, 4, 2) for c in "ABC"}
+    make_folder_tree(tmp_path / "plants", counts)
+    out = tmp_path / "herbarium-arcface" / "autotrain-data"
+    assert (
+        data_prep_main(["build", str(tmp_path / "plants"), "--out", str(out), "--num-proc", "1", "--quiet"])
+        == 0
+    )
+    make_tiny_timm(tmp_path / "tiny-timm")
+    shipped = json.loads((REPO_ROOT / "config.json").read_text())
+    config = {**shipped, "model": "tiny-timm", "image_size": 32, "epochs": 2, "batch_size": 8, **overrides}
+    monkeypatch.chdir(tmp_path)
+    train(config)
+    project = tmp_path / shipped["project_name"]
+    return project, json.loads((project / "metrics.json").read_text())
+
+
+def test_wise_ft_zero_saves_the_frozen_feature_prototype_model(tmp_path, monkeypatch):
+    """alpha 0 keeps the starting model: its test metrics are exactly the "before training" line."""
+    project, metrics = _train(tmp_path, monkeypatch, wise_ft_alpha=0.0, wise_ft_report=[0.0, 1.0], tsne=False)
+    base, test = metrics["baseline_prototypes"]["test"], metrics["test"]
+    for key in ("top1", "top5", "mrr"):
+        assert test["all"][key] == pytest.approx(base["all"][key])
+    report = metrics["wise_ft"]["report"]
+    assert [r["alpha"] for r in report] == [0.0, 1.0]
+    assert report[0]["test"]["all"]["mrr"] == pytest.approx(base["all"]["mrr"])
+    assert not (project / "wise_ft_start.safetensors").exists()  # a temporary, never pushed
+
+
+def test_temperature_is_fitted_on_field_validation_and_saved(tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    project, metrics = _train(tmp_path, monkeypatch, tsne=False)
+    cal = metrics["calibration"]
+    assert cal["source"].startswith("fitted on") and cal["temperature"] > 0
+    assert cal["validation_field_ece_after"] <= cal["validation_field_ece_before"] + 1e-9
+    saved = AutoConfig.from_pretrained(project, trust_remote_code=True)
+    assert saved.logit_temperature == pytest.approx(cal["temperature"], rel=1e-3)
+    assert "ece" in metrics["test"]["field"]
+    card = (project / "README.md").read_text()
+    assert "temperature" in card and (project / "reliability.png").is_file()
+
+
+def test_without_field_validation_the_default_temperature_is_used_and_said(tmp_path, monkeypatch):
+    from autotrain.trainers.image_classification_custom.training import FALLBACK_TEMPERATURE
+
+    project, metrics = _train(tmp_path, monkeypatch, valid_split=None, tsne=False)
+    assert metrics["calibration"]["temperature"] == FALLBACK_TEMPERATURE
+    assert metrics["best_model_metric"] is None
+    assert "No field validation photos were available" in (project / "README.md").read_text()

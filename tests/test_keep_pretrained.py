@@ -104,7 +104,8 @@ def test_ece_and_wrong_unconfident_by_hand():
     assert [r["n"] for r in rows] == [1, 1] and rows[0]["accuracy"] == 0.0 and rows[1]["accuracy"] == 1.0
 
 
-def _train(tmp_path: Path, monkeypatch, **overrides) -> tuple[Path, dict]:
+def _train(tmp_path: Path, monkeypatch, messages: list[str] | None = None, **overrides) -> tuple[Path, dict]:
+    from autotrain import logger
     from autotrain.trainers.image_classification_custom.__main__ import train
 
     counts = {f"Species {c}": (4, 4, 2) for c in "ABC"}
@@ -118,7 +119,12 @@ def _train(tmp_path: Path, monkeypatch, **overrides) -> tuple[Path, dict]:
     shipped = json.loads((REPO_ROOT / "config.json").read_text())
     config = {**shipped, "model": "tiny-timm", "image_size": 32, "epochs": 2, "batch_size": 8, **overrides}
     monkeypatch.chdir(tmp_path)
-    train(config)
+    sink = logger.add(lambda m: messages.append(str(m)), level="INFO") if messages is not None else None
+    try:
+        train(config)
+    finally:
+        if sink is not None:
+            logger.remove(sink)
     project = tmp_path / shipped["project_name"]
     return project, json.loads((project / "metrics.json").read_text())
 
@@ -156,3 +162,14 @@ def test_without_field_validation_the_default_temperature_is_used_and_said(tmp_p
     assert metrics["calibration"]["temperature"] == FALLBACK_TEMPERATURE
     assert metrics["best_model_metric"] is None
     assert "No field validation photos were available" in (project / "README.md").read_text()
+
+
+def test_progress_bar_and_one_readable_line_per_evaluation(tmp_path, monkeypatch, capsys):
+    """Issue 10, kind 5: a progress bar titled with the epoch, readable evaluation lines, no raw dicts."""
+    messages: list[str] = []
+    _train(tmp_path, monkeypatch, messages, tsne=False, wise_ft_alpha=1.0)
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err and ("it/s" in err or "s/it" in err)  # the tqdm bar
+    evals = [m for m in messages if " validation (field photos" in m]
+    assert len(evals) == 2 and "top-1" in evals[0] and "MRR" in evals[0]
+    assert not any("{'loss'" in m or "'eval_top1'" in m for m in messages + err.splitlines())

@@ -245,18 +245,18 @@ def flatten_report(report: Mapping[str, Mapping[str, float]]) -> dict[str, float
 
 
 def readable(report: Mapping[str, Mapping[str, float]]) -> str:
-    """One log line: ``top-1 0.600, top-5 0.840, MRR 0.710, ECE 0.120 (n=55)`` for the field photos (all
-    images when there are none), plus the herbarium-only species when present."""
+    """One log line: ``field top-1 0.600, top-5 0.840, MRR 0.710, ECE 0.120 (n=55)`` (all images when
+    there are no field photos), plus the herbarium-only species when present."""
     parts = []
-    for subset, label in (
-        ("field" if "field" in report else "all", ""),
-        ("herbarium_only", "herbarium-only "),
+    for subset, title in (
+        ("field" if "field" in report else "all", None),
+        ("herbarium_only", "herbarium-only"),
     ):
         m = report.get(subset)
         if m:
             parts.append(
-                f"{label}{subset if not label else ''} top-1 {m['top1']:.3f}, top-5 {m['top5']:.3f}, "
-                f"MRR {m['mrr']:.3f}, ECE {m.get('ece', float('nan')):.3f} (n={m['n']})".strip()
+                f"{title or subset} top-1 {m['top1']:.3f}, top-5 {m['top5']:.3f}, MRR {m['mrr']:.3f}, "
+                f"ECE {m.get('ece', float('nan')):.3f} (n={m['n']})"
             )
     return "; ".join(parts)
 

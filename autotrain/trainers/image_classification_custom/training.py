@@ -32,10 +32,10 @@ from accelerate import PartialState
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from autotrain import logger
-from autotrain.trainers.common import LossLoggingCallback, TrainStartCallback, UploadLogs, pause_space
+from autotrain.trainers.common import TrainStartCallback, UploadLogs, pause_space
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.batch_augment import BatchAugment
 from autotrain.trainers.image_classification_custom.dataset import (
@@ -247,6 +247,52 @@ class ThroughputCallback(TrainerCallback):
                 sum(r["images"] for r in rows) / sum(r["seconds"] for r in rows), 2
             )
         return out
+
+
+class EpochProgressCallback(ProgressCallback):
+    """The Trainer's progress bar (steps, rate, ETA), titled with the epoch, without the raw log dicts."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        if state.is_world_process_zero and self.training_bar is not None:
+            epoch = min(int(state.epoch or 0) + 1, int(math.ceil(args.num_train_epochs)))
+            self.training_bar.set_description(f"epoch {epoch}/{int(math.ceil(args.num_train_epochs))}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass  # ReadableLogCallback writes one line per log instead
+
+
+class ReadableLogCallback(TrainerCallback):
+    """One readable log line per training log (loss, learning rate) and per evaluation (field top-1,
+    top-5, MRR, ECE), instead of the raw metric dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_local_process_zero or not logs:
+            return
+        epoch = logs.get("epoch", state.epoch or 0.0)
+        if any(k.startswith("eval_") for k in logs):
+            prefix = "eval_field_" if "eval_field_top1" in logs else "eval_"
+            parts = [
+                f"{title} {logs[prefix + key]:.3f}"
+                for key, title in (("top1", "top-1"), ("top5", "top-5"), ("mrr", "MRR"), ("ece", "ECE"))
+                if prefix + key in logs
+            ]
+            where = "field photos" if prefix == "eval_field_" else "all images"
+            n = logs.get(prefix + "n")
+            logger.info(
+                f"epoch {epoch:.0f} validation ({where}{f', n={int(n)}' if n else ''}): " + ", ".join(parts)
+            )
+        elif "loss" in logs:
+            lr = logs.get("learning_rate")
+            logger.info(
+                f"epoch {epoch:.2f}, step {state.global_step}: loss {logs['loss']:.4f}"
+                + (f", learning rate {lr:.2e}" if lr is not None else "")
+            )
+        elif "train_runtime" in logs:
+            logger.info(
+                f"training loop done in {logs['train_runtime']:.0f}s "
+                f"({logs.get('train_samples_per_second', 0):.1f} images/s)"
+            )
 
 
 class HubLogsCallback(UploadLogs):
@@ -609,7 +655,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         remove_unused_columns=False,
         ddp_find_unused_parameters=config.warmup_epochs > 0,
         push_to_hub=False,
-        disable_tqdm=True,
+        disable_tqdm=False,
     )
 
     def sampler_factory():
@@ -631,7 +677,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
                 early_stopping_threshold=config.early_stopping_threshold,
             )
         )
-    callbacks += [HubLogsCallback(config, logging_steps), LossLoggingCallback(), TrainStartCallback()]
+    callbacks += [HubLogsCallback(config, logging_steps), ReadableLogCallback(), TrainStartCallback()]
 
     trainer = ArcFaceTrainer(
         model=model,
@@ -653,6 +699,8 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         batch_augment=BatchAugment(size, config.augmentation) if batch_aug else None,
     )
     trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)  # its on_log prints raw dicts over the bar
+    trainer.add_callback(EpochProgressCallback())
     if resume:
         logger.info(f"Resuming from {resume}")
     train_output = trainer.train(resume_from_checkpoint=resume)

@@ -344,3 +344,102 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------------
+
+SYSTEM_TITLES = {
+    "frozen_unit": "frozen-feature prototypes, [-1, 1] input (no training)",
+    "frozen_imagenet": "frozen-feature prototypes, ImageNet mean/std input (no training)",
+    "stock": "stock AutoTrain `image_classification`",
+    "ours": "this trainer, `config.json` as shipped",
+    "ours_old_lr": "this trainer, pre-issue-14 learning rates (backbone 3e-4, head 3e-3, 512-d)",
+    "ours_bb3e-5": "this trainer, backbone lr 3e-5, head 1e-3, identity projection",
+    "ours_bb1e-5": "this trainer, backbone lr 1e-5, head 1e-3, identity projection",
+    "ours_head_only": "this trainer, backbone frozen (head lr 1e-3), identity projection",
+}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    mean, sd = value
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def render_md(results: dict[str, Any], default_system: str | None = None) -> list[str]:
+    """Markdown tables of one task's results: test field metrics (overall and herbarium-only species)
+    per system, validation MRR, and the WiSE-FT sweep on validation and test."""
+    lines = [
+        f"Task `{results['task']}`: splits {results['splits']}, {results['seeds']} seed(s) per trained system, "
+        f"settings { ({k: v for k, v in results['settings'].items() if v is not None}) }.",
+        "",
+        "| System | Field top-1 | Field top-5 | Field MRR | Field ECE | Wrong answers under 50% | "
+        "Herbarium-only top-1 | Herbarium-only MRR | Validation MRR |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, rep in (results.get("frozen") or {}).items():
+        t, v = rep.get("test", {}), rep.get("validation", {})
+
+        def one(d, g, m):
+            return None if g not in d else (d[g][m], 0.0)
+
+        lines.append(
+            f"| {SYSTEM_TITLES.get(name, name)} | "
+            + " | ".join(
+                _cell(one(t, g, m))
+                for g, m in (
+                    ("field", "top1"),
+                    ("field", "top5"),
+                    ("field", "mrr"),
+                    ("field", "ece"),
+                    ("field", "wrong_unconfident"),
+                    ("herbarium_only", "top1"),
+                    ("herbarium_only", "mrr"),
+                )
+            )
+            + f" | {_cell(one(v, 'field', 'mrr'))} |"
+        )
+    for name, row in (results.get("summary") or {}).items():
+        title = SYSTEM_TITLES.get(name, name)
+        if name == default_system:
+            title = f"**{title} (the shipped default)**"
+        keys = [
+            "test/field/top1",
+            "test/field/top5",
+            "test/field/mrr",
+            "test/field/ece",
+            "test/field/wrong_unconfident",
+            "test/herbarium_only/top1",
+            "test/herbarium_only/mrr",
+            "validation/field/mrr",
+        ]
+        failed = f" ({row['failed']} failed)" if row.get("failed") else ""
+        lines.append(f"| {title}{failed} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    sweeps = results.get("wise_ft") or {}
+    if sweeps:
+        lines += [
+            "",
+            "WiSE-FT sweep (the trainer's own evaluator; alpha 0 = the starting model, alpha 1 = fine-tuned "
+            "weights; validation = field photos of species with field training photos):",
+            "",
+            "| System | alpha | Validation top-1 | Validation MRR | Test field top-1 | Test field MRR | "
+            "Test herbarium-only top-1 | Test herbarium-only MRR |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, rows in sweeps.items():
+            for r in rows:
+                keys = [
+                    "validation/field/top1",
+                    "validation/field/mrr",
+                    "test/field/top1",
+                    "test/field/mrr",
+                    "test/herbarium_only/top1",
+                    "test/herbarium_only/mrr",
+                ]
+                lines.append(
+                    f"| {name} | {r['alpha']:g} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |"
+                )
+    return lines

@@ -136,6 +136,8 @@ def train_jobs(
     settings: dict[str, Any],
     parallel: int,
     on_result=None,
+    first_seed: int = 0,
+    previous: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Train every (system, seed) with at most ``parallel`` runs at a time; evaluate each saved folder.
 
@@ -147,7 +149,7 @@ def train_jobs(
     batch = int(settings.get("batch_size") or default.get("batch_size", 32))
     threads = max(1, (os.cpu_count() or 2) // max(1, parallel))
     jobs = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for system in systems:
             name = f"{system.replace('_', '-')}-s{seed}"
             if system == "stock":
@@ -203,7 +205,9 @@ def train_jobs(
         print(f"  {system} seed {seed}: {_line(report['test'])} ({report['wall_s']:.0f}s)", flush=True)
         return system, report
 
-    out: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    out: dict[str, list[dict[str, Any]]] = {k: list(v) for k, v in (previous or {}).items()}
+    for system in systems:
+        out.setdefault(system, [])
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         for system, report in pool.map(one, jobs):
             out[system].append(report)
@@ -274,9 +278,12 @@ def run(
     settings: dict[str, Any],
     parallel: int,
     data_root: Path,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
-    """The whole benchmark for one task; returns (and writes ``out/<task>/results.json``) the results."""
-    work = out / task
+    """The whole benchmark for one task; returns (and writes ``out/<task>/results.json``) the results.
+
+    With ``first_seed > 0`` the runs are added to those of an earlier ``results.json`` in the same place."""
+    work = Path(out).resolve() / task
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dataset = build_dataset(task, work, data_root)
@@ -286,6 +293,12 @@ def run(
     sizes = {k: len(v) for k, v in ds.items()}
     print(f"[{task}] dataset: {sizes}", flush=True)
     results: dict[str, Any] = {"task": task, "splits": sizes, "settings": settings, "seeds": seeds}
+    previous = None
+    if first_seed > 0 and (work / "results.json").is_file():  # add seeds to an earlier run
+        earlier = json.loads((work / "results.json").read_text())
+        previous = earlier.get("runs")
+        results["frozen"] = earlier.get("frozen")
+        results["seeds"] = f"{earlier.get('seeds')} + seeds {first_seed}..{first_seed + seeds - 1}"
 
     def save(runs=None) -> None:
         if runs is not None:
@@ -296,7 +309,7 @@ def run(
         (work / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
 
     size = settings.get("image_size")
-    if "frozen" in systems:
+    if "frozen" in systems and not results.get("frozen"):
         results["frozen"] = {
             "frozen_unit": frozen_prototypes(dataset, *UNIT, image_size=size),
             "frozen_imagenet": frozen_prototypes(dataset, *IMAGENET, image_size=size),
@@ -306,7 +319,19 @@ def run(
         save()
     trained = [s for s in systems if s != "frozen"]
     if trained:
-        save(train_jobs(dataset, work / "runs", trained, seeds, settings, parallel, on_result=save))
+        save(
+            train_jobs(
+                dataset,
+                work / "runs",
+                trained,
+                seeds,
+                settings,
+                parallel,
+                on_result=save,
+                first_seed=first_seed,
+                previous=previous,
+            )
+        )
     return results
 
 
@@ -315,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=("leafsnap", "plantclef", "both"), default="both")
     p.add_argument("--out", type=Path, default=Path("bench-out/real"))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="start at this seed and add to OUT's earlier results.json"
+    )
     p.add_argument("--systems", default="frozen,stock,ours," + ",".join(CANDIDATES))
     p.add_argument("--epochs", type=int, default=None, help="default: config.json's")
     p.add_argument("--batch-size", type=int, default=None, help="default: config.json's")
@@ -337,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     tasks = ("leafsnap", "plantclef") if args.task == "both" else (args.task,)
     for task in tasks:
-        res = run(task, args.out, args.seeds, systems, settings, args.parallel, args.data_root)
+        res = run(
+            task, args.out, args.seeds, systems, settings, args.parallel, args.data_root, args.first_seed
+        )
         print(json.dumps(res.get("summary", {}), indent=1))
     return 0
 

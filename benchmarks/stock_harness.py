@@ -355,7 +355,7 @@ def run_trainer(
     Returns:
         The probe's JSON plus ``log`` (path), ``project_dir`` and ``command_wall_s``.
     """
-    cwd = Path(cwd)
+    cwd = Path(cwd).resolve()  # the probe runs in cwd: every path handed to it must be absolute
     cwd.mkdir(parents=True, exist_ok=True)
     name = config["project_name"]
     cfg_path = cwd / f"{name}.config.json"

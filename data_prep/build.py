@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_from_disk
+import pyarrow as pa
+from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Value, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
 from data_prep.figures import save_balance_figure
+from data_prep.filetype import describe_file, scrub_detail
 from data_prep.findings import FIXED, IGNORED, SKIPPED, Finding
 from data_prep.layouts import DOMAINS, DataPrepError, Entry, discover
 from data_prep.report import format_summary, make_report
@@ -140,18 +142,20 @@ def build_dataset(
         tmp_parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=tmp_parent))
     try:
-        kept, digests, nbytes, stats = _validate_into_arrow(
+        kept, digests, nbytes, stats, fixes = _validate_into_arrow(
             disc.entries, tmp / "all.arrow", features, num_proc, progress, findings, options
         )
         split_idx = _assign_splits(kept, digests, disc.entries, val_fraction, seed, findings)
-        with_images = {kept[i].label for idx in split_idx.values() for i in idx}
-        findings += [
-            Finding(c, "class_without_images", IGNORED, "every file skipped")
-            for c in classes
-            if c not in with_images
-        ]
+        # fixes only for the files that stay: a fixed file dropped as a duplicate has one outcome, "skipped"
+        stays = {i for idx in split_idx.values() for i in idx}
+        findings += [f for i in sorted(stays) for f in fixes[i]]
+        used = _label_findings(classes, kept, split_idx, findings)
 
         all_rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out_path is None)
+        if used and used != classes:  # classes whose every file was skipped leave the label set
+            new_id = {c: i for i, c in enumerate(used)}
+            classes, features = used, create_features(used)
+            all_rows = _relabel(all_rows, [new_id.get(e.label, -1) for e in kept], features)
         dsd = DatasetDict({name: all_rows.select(idx) for name, idx in split_idx.items()})
         rows = {name: [(kept[i].label, kept[i].domain) for i in idx] for name, idx in split_idx.items()}
         seconds = time.perf_counter() - start
@@ -178,6 +182,38 @@ def build_dataset(
     return dsd, report
 
 
+def _label_findings(
+    classes: list[str], kept: list[Entry], split_idx: dict[str, list[int]], findings: list[Finding]
+) -> list[str]:
+    """Report labels without images (left out of the label set) or without training images; the labels kept."""
+    images = {kept[i].label for idx in split_idx.values() for i in idx}
+    training = {kept[i].label for name in ("train", "validation") for i in split_idx[name]}
+    n_test = {c: 0 for c in classes}
+    for i in split_idx.get("test", []):
+        n_test[kept[i].label] += 1
+    for c in classes:
+        if c not in images:
+            findings.append(Finding(c, "class_without_images", IGNORED, "every file skipped: not a label"))
+        elif c not in training:
+            findings.append(
+                Finding(
+                    c,
+                    "class_without_training_images",
+                    IGNORED,
+                    f"{n_test[c]} test image(s), no herbarium sheet or field photo to train on",
+                )
+            )
+    return [c for c in classes if c in images]
+
+
+def _relabel(rows: Dataset, label_ids: list[int], features: Features) -> Dataset:
+    """``rows`` with its ``label`` column replaced (Arrow column swap: the image bytes are not copied)."""
+    table = rows.data
+    column = table.column_names.index("label")
+    table = table.set_column(column, pa.field("label", pa.int64()), pa.array(label_ids, pa.int64()))
+    return Dataset(table, info=DatasetInfo(features=features))
+
+
 def _validate_into_arrow(
     entries: list[Entry],
     arrow_path: Path,
@@ -186,23 +222,28 @@ def _validate_into_arrow(
     progress: bool,
     findings: list[Finding],
     options: dict[str, int],
-) -> tuple[list[Entry], list[str], list[int], dict[str, Any]]:
+) -> tuple[list[Entry], list[str], list[int], dict[str, Any], list[list[Finding]]]:
     """Process every file and stream the kept ones into ``arrow_path``.
 
     Returns:
         The kept entries (in Arrow row order), their content digests, their stored sizes in bytes,
-        and counters for the report. Findings are appended to ``findings``.
+        counters for the report, and the fix findings of each kept entry (added by the caller for
+        the entries that survive deduplication). Skip findings are appended to ``findings``.
     """
     label_id = {c: i for i, c in enumerate(features["label"].names)}
     kept: list[Entry] = []
     digests: list[str] = []
     nbytes: list[int] = []
+    fixes: list[list[Finding]] = []
     stats: dict[str, Any] = {"files": len(entries), "resized": 0, "stored_original": 0, "reencoded": 0}
     with ArrowWriter(features=features, path=str(arrow_path)) as writer:
         results = _process_all([str(e.file) for e in entries], num_proc, progress, **options)
         for entry, res in zip(entries, results):
             if not _collect(entry, res, findings, stats):
                 continue
+            fixes.append(
+                [Finding(entry.rel, reason, FIXED, scrub_detail(detail)) for reason, detail in res.fixes]
+            )
             record = {
                 "image": {"bytes": res.image_bytes, "path": None},
                 "label": label_id[entry.label],
@@ -214,7 +255,7 @@ def _validate_into_arrow(
             digests.append(res.digest or "")
             nbytes.append(len(res.image_bytes or b""))
         writer.finalize()
-    return kept, digests, nbytes, stats
+    return kept, digests, nbytes, stats, fixes
 
 
 def _assign_splits(
@@ -239,11 +280,17 @@ def _assign_splits(
 
 
 def _collect(entry: Entry, res: ProcessResult, findings: list[Finding], stats: dict[str, Any]) -> bool:
-    """Record the findings of one processed file; True when it is kept."""
+    """Record the skip finding of one processed file; True when it is kept.
+
+    A report never quotes file contents: a non-image is described by its detected type, and quoted
+    bytes in decoder messages are withheld (see :mod:`data_prep.filetype`).
+    """
     if res.skip is not None:
-        findings.append(Finding(entry.rel, res.skip[0], SKIPPED, res.skip[1]))
+        reason, detail = res.skip
+        if reason == "not_an_image":
+            detail = f"detected type: {describe_file(entry.file)}"
+        findings.append(Finding(entry.rel, reason, SKIPPED, scrub_detail(detail)))
         return False
-    findings.extend(Finding(entry.rel, reason, FIXED, detail) for reason, detail in res.fixes)
     stats["resized"] += int(res.resized)
     stats["reencoded" if res.reencoded else "stored_original"] += 1
     return True

@@ -16,7 +16,8 @@ input layouts (auto-detected, or --layout):
   folders    ROOT/herbarium/<species>/*   herbarium sheets
              ROOT/field/<species>/*       field photos ("photo/" is a synonym)
              ROOT/test/<species>/*        optional: fixed field test set
-             species name = folder name; sub-folders inside a species folder are included
+             species name = folder name; sub-folders inside a species folder are included;
+             symlinks are followed only when they resolve inside ROOT (never outside it)
   plantclef  ROOT/list/train.txt          "relative/path class_id" per line; the domain is the
                                           path's herbarium/ or photo/ folder
              ROOT/list/groundtruth.txt    "relative/path class_id": the test set
@@ -30,7 +31,8 @@ saved with save_to_disk to --out, plus prep_report.json and dataset_balance.png.
 validation = field photos only, stratified per species; species with 0 or 1 field photo keep
 them in train. When no species has 2 (e.g. herbarium/ and test/ only), the validation split is
 empty, the summary says so, and the trainer runs without validation (no epoch selection, no early
-stopping). Bad files are skipped or fixed and reported, never silently.
+stopping). Bad files are skipped or fixed and reported, never silently: every file under ROOT is
+a dataset row or a finding in prep_report.json, which names a non-image's type, never its bytes.
 exit codes: 0 ok, 1 --strict and something was reported, 2 bad input (message names the file).
 """
 

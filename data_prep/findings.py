@@ -13,7 +13,10 @@ REASONS: dict[str, str] = {
     # the file is left out of the dataset
     "zero_byte": "empty file (0 bytes)",
     "unreadable": "the file could not be read (permissions or I/O error)",
-    "not_an_image": "not an image (Pillow cannot identify it and it has no image extension or signature)",
+    "not_an_image": (
+        "not an image (Pillow cannot identify it and it has no image extension or signature); the detail names "
+        "the detected file type, never the file's bytes"
+    ),
     "corrupt": "an image file whose data Pillow cannot decode",
     "truncated": "image data ends early (truncated download or copy)",
     "decompression_bomb": "more pixels than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)",
@@ -27,13 +30,22 @@ REASONS: dict[str, str] = {
     "unlabelled_test": "a test image with no class in groundtruth.txt",
     "outside_class_folder": "a file directly in a domain folder, not inside a <species> folder",
     "unreadable_folder": "a folder that cannot be listed; its files are missing from the dataset",
+    "outside_root": "a symlink (or a list/CSV path) that leads outside the input root: not followed, nothing there is read",
+    "broken_link": "a symlink whose target does not exist",
+    "same_file": "a symlink to a file or folder that is already read under another path: it is read once, there",
+    "not_a_regular_file": "a FIFO, socket or device file: never opened",
+    "bad_class_name": "a species folder whose name cannot be a label (starts with '.', contains '\\' or control characters): its files are not read; rename the folder",
+    "not_in_layout": "a file or folder the folders layout does not read: directly in ROOT, or a ROOT folder other than herbarium/, field/ (photo/) and test/",
     # the file is kept after a fix
     "exif_orientation": "EXIF orientation applied to the pixels",
     "converted_mode": "converted to 8-bit RGB (CMYK, 16-bit, palette, grayscale or alpha)",
     "multi_frame": "animated / multi-page file: the first frame is kept",
     # nothing lost, but worth knowing
     "empty_folder": "a species folder with no files",
-    "class_without_images": "a class whose every file was skipped: it keeps its label but has no images",
+    "hidden_folder": "a folder whose name starts with '.' inside a domain or species folder: not read",
+    "symlink_loop": "a folder symlink that points to a folder containing it: not followed (its files are read once)",
+    "class_without_images": "a class whose every file was skipped: it is left out of the label set",
+    "class_without_training_images": "a class with images only in test/: nothing to train on, the trainer leaves it (and its test images) out",
 }
 
 

@@ -17,12 +17,19 @@ Three layouts (``detect_layout`` picks one; ``--layout`` forces it):
     ``field`` or ``photo``.
 
 Discovery only lists and parses; it opens no image. Problems become :class:`Finding` objects.
+
+Nothing outside the input root is read: a symlink is followed only when it resolves inside the root
+(folder links once each, with loop protection), and list-file or CSV paths that lead outside it are
+reported as ``outside_root``. In the folders layout every file ends up as an :class:`Entry` or in a
+finding (files directly in ROOT, unusable species-folder names, FIFOs, broken links, second paths to
+one file), except hidden and OS metadata files, which are counted.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +39,7 @@ DOMAINS = ("herbarium", "field")
 LAYOUTS = ("auto", "folders", "plantclef", "csv")
 _DOMAIN_WORDS = {"herbarium": "herbarium", "field": "field", "photo": "field", "photos": "field"}
 _SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
+_READ_ORDER = ("herbarium", "field", "photo", "photos", "test")  # folders layout: entry order
 
 
 class DataPrepError(Exception):
@@ -67,6 +75,12 @@ class Discovery:
 
 def _is_system_file(name: str) -> bool:
     return name.startswith(".") or name.lower() in _SYSTEM_FILES
+
+
+def _inside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` resolves (symlinks followed) to ``root`` or somewhere below it."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -119,60 +133,229 @@ def discover(source: str | Path, layout: str = "auto") -> Discovery:
 
 # --------------------------------------------------------------------------- folders
 
+_HIDDEN_FOLDER = re.compile(r"^\.[A-Za-z0-9_-]")  # .git, .thumbnails, .ipynb_checkpoints
 
-def _walk_species(folder: Path, root: Path, disc: Discovery) -> list[Path]:
-    """All non-hidden files under ``folder`` (recursive, sorted); unlistable folders are reported."""
 
-    def on_error(exc: OSError) -> None:
-        where = Path(exc.filename) if exc.filename else folder
-        disc.findings.append(
-            Finding(_rel(where, root), "unreadable_folder", SKIPPED, exc.strerror or str(exc))
-        )
+def _class_name_problem(name: str) -> str | None:
+    """Why a folder name cannot be a species label (None when it can)."""
+    if name.startswith("."):
+        return "starts with '.'"
+    if "\\" in name:
+        return "contains '\\'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains control characters"
+    if name != name.strip():
+        return "starts or ends with white space"
+    return None
 
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if _is_system_file(name):
-                disc.ignored_files += 1
+
+class _FolderWalker:
+    """Lists a folders-layout tree without leaving the input root.
+
+    Symlinks are followed only when they resolve inside the root; a folder symlink is followed once
+    (a second link to the same folder, or one that points to a folder containing it, is reported and
+    not followed), so link loops end. A file reached twice (its own path and a symlink) is kept under
+    its own path. Every file and folder that is not listed as an :class:`Entry` gets a finding, except
+    hidden and OS metadata files, which are counted (``Discovery.ignored_files``).
+    """
+
+    def __init__(self, disc: Discovery):
+        self.disc = disc
+        self.root = disc.root
+        self.real_root = os.path.realpath(disc.root)
+        self.linked: set[str] = set()  # rel paths of entries reached through a symlink
+        self.linked_dirs: dict[str, str] = {}  # real folder -> rel path it was first read under
+
+    def note(self, path: Path, reason: str, action: str, detail: str = "") -> None:
+        self.disc.findings.append(Finding(_rel(path, self.root), reason, action, detail))
+
+    def inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
+
+    def follow(self, path: Path) -> str | None:
+        """Real path of the symlink ``path`` when it may be followed; otherwise a finding and None."""
+        real = os.path.realpath(path)
+        if not self.inside(real):
+            self.note(path, "outside_root", SKIPPED, "symlink leading outside the input root: not followed")
+            return None
+        if not os.path.exists(real):
+            self.note(path, "broken_link", SKIPPED, "the symlink's target does not exist")
+            return None
+        return real
+
+    def scan(self, folder: Path) -> list[os.DirEntry[str]] | None:
+        """The sorted entries of ``folder``, or None (and a finding) when it cannot be listed."""
+        try:
+            with os.scandir(folder) as it:
+                return sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            where = Path(exc.filename) if isinstance(exc.filename, str) else folder
+            self.note(where, "unreadable_folder", SKIPPED, exc.strerror or type(exc).__name__)
+            return None
+
+    def enter(self, path: Path, real: str, via_link: bool, ancestors: frozenset[str]) -> bool:
+        """Whether to walk the folder ``path`` (real path ``real``); reports the folders it refuses."""
+        if real in ancestors:
+            self.note(path, "symlink_loop", IGNORED, "points to a folder that contains it")
+            return False
+        if via_link:
+            if real in self.linked_dirs:
+                self.note(path, "same_file", IGNORED, f"folder already read as {self.linked_dirs[real]}")
+                return False
+            self.linked_dirs[real] = _rel(path, self.root)
+        return True
+
+    def walk(
+        self, folder: Path, label: str, domain: str, split: str, via_link: bool, ancestors: frozenset[str]
+    ) -> int | None:
+        """Add the files under ``folder`` (recursively) as entries; their number, None if unlistable."""
+        items = self.scan(folder)
+        if items is None:
+            return None
+        folder_real = os.path.realpath(folder)
+        found = 0
+        for item in items:
+            path = folder / item.name
+            linked = via_link
+            if item.is_symlink():
+                real = self.follow(path)
+                if real is None:
+                    continue
+                linked = True
             else:
-                files.append(Path(dirpath) / name)
-    return files
+                real = os.path.join(folder_real, item.name)
+            if _is_dir(item):
+                if item.name.startswith("."):
+                    self.note(path, "hidden_folder", IGNORED, "name starts with '.': not read")
+                elif self.enter(path, real, linked, ancestors):
+                    found += self.walk(path, label, domain, split, linked, ancestors | {real}) or 0
+            elif _is_system_file(item.name):
+                self.disc.ignored_files += 1
+            elif not _is_file(item):
+                self.note(path, "not_a_regular_file", SKIPPED, "FIFO, socket or device: not opened")
+            else:
+                # through a link, open the resolved path that was checked, not the link again
+                entry = Entry(Path(real) if linked else path, _rel(path, self.root), label, domain, split)
+                self.disc.entries.append(entry)
+                if linked:
+                    self.linked.add(entry.rel)
+                found += 1
+        return found
+
+    def read_domain(self, domain_dir: Path, domain: str, split: str, via_link: bool) -> None:
+        """``<domain>/<species>/...``: one label per species folder."""
+        items = self.scan(domain_dir)
+        domain_real = os.path.realpath(domain_dir)
+        for item in items or []:
+            path = domain_dir / item.name
+            linked = via_link
+            if item.is_symlink():
+                real = self.follow(path)
+                if real is None:
+                    continue
+                linked = True
+            else:
+                real = os.path.join(domain_real, item.name)
+            if not _is_dir(item):
+                if _is_system_file(item.name):
+                    self.disc.ignored_files += 1
+                elif not _is_file(item):
+                    self.note(path, "not_a_regular_file", SKIPPED, "FIFO, socket or device: not opened")
+                else:
+                    self.note(path, "outside_class_folder", SKIPPED, "no species folder")
+                continue
+            if _HIDDEN_FOLDER.match(item.name):
+                self.note(path, "hidden_folder", IGNORED, "name starts with '.': not read")
+                continue
+            problem = _class_name_problem(item.name)
+            if problem:
+                self.note(path, "bad_class_name", SKIPPED, f"folder name {problem}: not read; rename it")
+                continue
+            ancestors = frozenset({self.real_root, domain_real})
+            if not self.enter(path, real, linked, ancestors):
+                continue
+            found = self.walk(path, item.name, domain, split, linked, ancestors | {real})
+            if found == 0:
+                self.note(path, "empty_folder", IGNORED)
+
+    def drop_linked_copies(self) -> None:
+        """Keep each real file once: under its own path when it has one, else under its first link."""
+        if not self.linked:  # no symlink followed: every path is its own real path
+            return
+        first: dict[str, Entry] = {}
+        order = [e for e in self.disc.entries if e.rel not in self.linked] + [
+            e for e in self.disc.entries if e.rel in self.linked
+        ]
+        dropped: set[str] = set()
+        for entry in order:
+            real = os.path.realpath(entry.file)
+            if real in first:
+                dropped.add(entry.rel)
+                self.disc.findings.append(
+                    Finding(entry.rel, "same_file", SKIPPED, f"same file as {first[real].rel}")
+                )
+            else:
+                first[real] = entry
+        if dropped:
+            self.disc.entries = [e for e in self.disc.entries if e.rel not in dropped]
+
+
+def _is_dir(item: os.DirEntry[str]) -> bool:
+    try:
+        return item.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(item: os.DirEntry[str]) -> bool:
+    try:
+        return item.is_file()
+    except OSError:
+        return False
 
 
 def _discover_folders(root: Path) -> Discovery:
     disc = Discovery(root=root, layout="folders")
-    children = _child_dirs(root)
-    sources = [
-        (children[k], _DOMAIN_WORDS[k], "train")
-        for k in ("herbarium", "field", "photo", "photos")
-        if k in children
-    ]
-    if "test" in children:
-        sources.append((children["test"], "field", "test"))
-    if not any(split == "train" for _, _, split in sources):
-        raise DataPrepError(f"{root}: no herbarium/ or field/ (photo/) folder")
-    for domain_dir, domain, split in sources:
-        try:
-            items = sorted(domain_dir.iterdir())
-        except OSError as exc:
-            disc.findings.append(
-                Finding(_rel(domain_dir, root), "unreadable_folder", SKIPPED, exc.strerror or str(exc))
-            )
+    walker = _FolderWalker(disc)
+    sources: list[tuple[Path, str, str, bool]] = []
+    refused: list[str] = []
+    for item in walker.scan(root) or []:
+        path = root / item.name
+        kind = item.name.lower()
+        if kind.startswith("."):  # .git, .DS_Store, the sample's marker file: not data
+            disc.ignored_files += 1
             continue
-        for item in items:
-            if _is_system_file(item.name):
-                disc.ignored_files += 1
-            elif item.is_dir():
-                files = _walk_species(item, root, disc)
-                if not files:
-                    disc.findings.append(Finding(_rel(item, root), "empty_folder", IGNORED))
-                for f in files:
-                    disc.entries.append(Entry(f, _rel(f, root), item.name, domain, split))
+        is_link = item.is_symlink()
+        if (kind in _DOMAIN_WORDS or kind == "test") and _is_dir(item):
+            if is_link and walker.follow(path) is None:
+                refused.append(item.name)
+                continue
+            if kind == "test":
+                sources.append((path, "field", "test", is_link))
             else:
-                disc.findings.append(
-                    Finding(_rel(item, root), "outside_class_folder", SKIPPED, "no species folder")
-                )
+                sources.append((path, _DOMAIN_WORDS[kind], "train", is_link))
+        elif is_link and walker.follow(path) is None:
+            continue
+        elif _is_dir(item):
+            walker.note(
+                path, "not_in_layout", SKIPPED, "folder not read: not herbarium/, field/, photo/ or test/"
+            )
+        else:
+            walker.note(
+                path, "not_in_layout", SKIPPED, "file directly in ROOT, not in a <domain>/<species> folder"
+            )
+    if not any(split == "train" for _, _, split, _ in sources):
+        why = f" ({', '.join(refused)}: symlink outside the input root, not followed)" if refused else ""
+        raise DataPrepError(
+            f"{root}: no herbarium/ or field/ (photo/) folder inside the input root{why}; expected "
+            "ROOT/herbarium/<species>/* and ROOT/field/<species>/*"
+        )
+    order = {word: i for i, word in enumerate(_READ_ORDER)}
+    for domain_dir, domain, split, is_link in sorted(
+        sources, key=lambda s: (order[s[0].name.lower()], s[0].name)
+    ):
+        walker.read_domain(domain_dir, domain, split, is_link)
+    walker.drop_linked_copies()
     return disc
 
 
@@ -194,7 +377,14 @@ def _read_species_list(path: Path, disc: Discovery) -> dict[str, str]:
         class_id, sep, name = line.partition(";")
         class_id, name = class_id.strip(), name.strip()
         if not sep or not class_id or not name:
-            disc.findings.append(Finding(f"list/{path.name}:{lineno}", "malformed_line", SKIPPED, line[:120]))
+            disc.findings.append(
+                Finding(
+                    f"list/{path.name}:{lineno}",
+                    "malformed_line",
+                    SKIPPED,
+                    "expected 'class_id; species name'",
+                )
+            )
             continue
         if lineno == 1 and not class_id.isdigit() and "class" in class_id.lower():
             continue  # a header line
@@ -222,7 +412,9 @@ def _parse_list(path: Path, root: Path, split: str, names: dict[str, str] | None
             if split == "test":
                 disc.findings.append(Finding(fields[0], "unlabelled_test", SKIPPED, f"no class in {where}"))
             else:
-                disc.findings.append(Finding(where, "malformed_line", SKIPPED, line[:120]))
+                disc.findings.append(
+                    Finding(where, "malformed_line", SKIPPED, "expected 'relative/path class_id'")
+                )
             continue
         rel, class_id = fields[0].removeprefix("./"), fields[1]
         if names is not None and class_id not in names:
@@ -237,6 +429,11 @@ def _parse_list(path: Path, root: Path, split: str, names: dict[str, str] | None
             )
             continue
         file = root / rel
+        if not _inside(file, root):
+            disc.findings.append(
+                Finding(rel, "outside_root", SKIPPED, f"leads outside the input root ({where})")
+            )
+            continue
         if not file.is_file():
             disc.findings.append(Finding(rel, "missing_file", SKIPPED, where))
             continue
@@ -249,6 +446,11 @@ def _discover_plantclef(root: Path) -> Discovery:
     lists = root / "list"
     if not (lists / "train.txt").is_file():
         raise DataPrepError(f"{root}: list/train.txt not found (PlantCLEF layout)")
+    for name in ("train.txt", "groundtruth.txt", "test.txt", "species_list.txt"):
+        if (lists / name).exists() and not _inside(lists / name, root):
+            raise DataPrepError(
+                f"{lists / name}: a symlink leading outside the input root; copy the list file into {lists}"
+            )
     names = (
         _read_species_list(lists / "species_list.txt", disc)
         if (lists / "species_list.txt").is_file()
@@ -306,6 +508,11 @@ def _discover_csv(source: Path) -> Discovery:
                 )
                 continue
             file = Path(rel) if Path(rel).is_absolute() else root / rel
+            if not _inside(file, root):
+                disc.findings.append(
+                    Finding(rel, "outside_root", SKIPPED, f"leads outside the CSV's folder ({where})")
+                )
+                continue
             if not file.is_file():
                 disc.findings.append(Finding(rel, "missing_file", SKIPPED, where))
                 continue

@@ -83,6 +83,10 @@ def make_report(
         "classes_without_field_training_images": [
             c for c, v in per_class.items() if v["train_field"] + v["validation"] == 0
         ],
+        "classes_without_training_images": [
+            c for c, v in per_class.items() if v["train_herbarium"] + v["train_field"] + v["validation"] == 0
+        ],
+        "classes_left_out": [f.path for f in findings if f.reason == "class_without_images"],
         "balance": balance_figures(per_class),
         "validation_split": validation_split_summary(per_class, settings.get("val_fraction")),
         "validation_rule": validation_rule,
@@ -119,6 +123,17 @@ def format_summary(report: dict[str, Any], max_fixed: int = 10) -> str:
     missing = report["classes_without_field_training_images"]
     lines.append("")
     lines.append(f"classes without field training images ({len(missing)}): {', '.join(missing) or '-'}")
+    untrained = report.get("classes_without_training_images", [])
+    if untrained:
+        lines.append(
+            f"classes without any training image ({len(untrained)}, the trainer leaves them out): "
+            + ", ".join(untrained)
+        )
+    left_out = report.get("classes_left_out", [])
+    if left_out:
+        lines.append(
+            f"species left out of the label set, every file skipped ({len(left_out)}): {', '.join(left_out)}"
+        )
     b = report["balance"]
     lines.append(
         f"balance: field share {b['field_share']:.1%}, class sizes {b['smallest_class']}..{b['largest_class']}"

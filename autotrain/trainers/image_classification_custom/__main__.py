@@ -2,7 +2,9 @@
 
 A thin pipeline: parse the arguments, validate the config, run :func:`training.run` inside AutoTrain's
 ``monitor``. ``monitor`` logs a failure and returns None instead of raising; :func:`train` turns that into
-exit status 1, so a failed run never looks like a success.
+exit status 1, so a failed run never looks like a success. A data problem the user must fix
+(:class:`dataset.DataInputError`: a wrong folder layout, unlabelled images) ends with one line that
+names the folder and what to do, and exit status 2; its traceback goes to the log at DEBUG level.
 """
 
 from __future__ import annotations
@@ -26,20 +28,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @monitor
-def _monitored_run(config: ImageClassificationCustomParams) -> dict[str, Any]:
+def _monitored_run(config: ImageClassificationCustomParams) -> dict[str, Any] | Exception:
     from autotrain.trainers.image_classification_custom import training
+    from autotrain.trainers.image_classification_custom.dataset import DataInputError
 
-    result = training.run(config)
+    try:
+        result = training.run(config)
+    except DataInputError as err:  # the user's data, not a crash: returned, so that train() exits 2
+        logger.opt(exception=err).debug("data input error")
+        return err
     return result if result is not None else {}
 
 
 def train(config: dict | ImageClassificationCustomParams) -> dict[str, Any]:
-    """Train from a dict or params; exits with status 1 when the run fails (the error is logged)."""
+    """Train from a dict or params.
+
+    Exits with status 1 when the run fails (the error is logged), and 2 with a one-line message when
+    the data must be fixed first (:class:`dataset.DataInputError`).
+    """
     params = load_params(config)
     result = _monitored_run(params)
     if result is None:  # monitor caught, logged and swallowed an exception
         logger.error("Training failed: see the error above.")
         sys.exit(1)
+    if isinstance(result, Exception):
+        logger.error(f"error: {result}")
+        sys.exit(2)
     return result
 
 

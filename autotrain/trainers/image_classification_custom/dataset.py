@@ -55,6 +55,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # ------------------------------------------------------------------------------------------------------
 
 
+class DataInputError(ValueError):
+    """A data problem the user must fix (wrong folder layout, unlabelled images): one line, names the place.
+
+    ``python -m autotrain.trainers.image_classification_custom`` prints it as the last line and exits 2;
+    the traceback goes to the log at DEBUG level.
+    """
+
+
 @dataclass
 class SplitData:
     """One split: the HF dataset (images not decoded), labels and domains as numpy arrays."""
@@ -140,19 +148,46 @@ def _class_names(dataset, column: str) -> list[str]:
     return sorted({str(v) for v in dataset[column]})
 
 
-def _labels(dataset, column: str, class_names: Sequence[str], split: str) -> np.ndarray:
+def _check_imagefolder(dd, data_path: str, target_column: str) -> None:
+    """Refuse an image folder whose images sit directly in ``train/`` (or ``validation/``...) with no
+    species folders: ``imagefolder`` gives them no label (``None``)."""
+    for split, ds in dd.items():
+        values = ds[target_column] if target_column in ds.column_names else [None] * len(ds)
+        unlabelled = sum(v is None for v in values)
+        if unlabelled:
+            folder = Path(data_path) / split
+            where = folder if folder.is_dir() else Path(data_path)
+            raise DataInputError(
+                f"{where}: {unlabelled} image(s) not inside a species folder; expected one folder per species, "
+                f"{where}/<species>/<image> (e.g. {where}/Quercus robur/1.jpg), or a dataset built with "
+                "`python -m data_prep build`"
+            )
+
+
+def _labels(
+    dataset, column: str, class_names: Sequence[str], split: str, unknown: set[str] | None = None
+) -> np.ndarray:
+    """Label ids into ``class_names``; names not in it raise, or (with ``unknown``) are added there, id -1."""
     feature = dataset.features[column]
     names = getattr(feature, "names", None)
     index = {name: i for i, name in enumerate(class_names)}
     values = dataset[column]
+    missing = sum(v is None or (bool(names) and v < 0) for v in values)  # ClassLabel -1: no label
+    if missing:
+        raise DataInputError(
+            f"split {split!r}: {missing} image(s) without a {column!r} value; give every image a label "
+            "(or leave those images out)"
+        )
     if names:
         if list(names) == list(class_names):
             return np.asarray(values, dtype=np.int64)
         values = [names[v] for v in values]
-    unknown = sorted({str(v) for v in values} - set(index))
-    if unknown:
-        raise ValueError(f"split {split!r} has classes that the training split lacks: {unknown[:10]}")
-    return np.asarray([index[str(v)] for v in values], dtype=np.int64)
+    found = sorted({str(v) for v in values} - set(index))
+    if found and unknown is None:
+        raise ValueError(f"split {split!r} has classes that the training split lacks: {found[:10]}")
+    if found:
+        unknown.update(found)
+    return np.asarray([index.get(str(v), -1) for v in values], dtype=np.int64)
 
 
 def _domains(dataset, column: str, split: str) -> np.ndarray | None:
@@ -210,6 +245,8 @@ def load_splits(
     valid_split, test_split = strip(valid_split), strip(test_split)
 
     dd, kind = open_dataset_dict(data_path, token=token, config_name=config_name)
+    if kind == "imagefolder":
+        _check_imagefolder(dd, data_path, target_column)
     splits = list(dd.keys())
     if train_split not in dd:
         raise ValueError(f"train_split {train_split!r} not in {data_path!r} (splits: {splits})")
@@ -259,8 +296,22 @@ def load_splits(
                 f"split {train_split!r} (columns: {train.column_names})"
             )
     class_names = _class_names(train, target_column)
+    # Labels with no training image cannot be learned (no prototype, no gradient): they are left out,
+    # with their evaluation images, and the warning names them. ``class_has_field`` (and with it the
+    # "herbarium only" group of metrics.json and the model card) then counts only classes that have
+    # herbarium sheets or field photos to train on.
+    train_ids = _labels(train, target_column, class_names, train_split)
+    present = np.unique(train_ids)
+    trained = set(present.tolist())
+    dropped_names = [c for i, c in enumerate(class_names) if i not in trained]
+    remap = np.full(len(class_names), -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    full_names, class_names = class_names, [class_names[i] for i in present]
     if len(class_names) < 2:
-        raise ValueError(f"{data_path!r}: need at least 2 classes, found {len(class_names)}")
+        raise ValueError(
+            f"{data_path!r}: need at least 2 classes with training images, found {len(class_names)}"
+            + (f" ({len(dropped_names)} more label(s) have no training image)" if dropped_names else "")
+        )
 
     has_domains = domain_column in train.column_names
     if not has_domains:
@@ -272,6 +323,9 @@ def load_splits(
         logger.warning(note)
         notes.append(note)
 
+    left_out: dict[str, int] = {}  # evaluation split -> images of dropped classes
+    eval_only: set[str] = set()  # string labels found only in an evaluation split
+
     def make(name: str | None) -> SplitData | None:
         if name is None:
             return None
@@ -279,19 +333,43 @@ def load_splits(
         for column in (image_column, target_column):
             if column not in ds.column_names:
                 raise ValueError(f"column {column!r} not in split {name!r} (columns: {ds.column_names})")
-        labels = _labels(ds, target_column, class_names, name)
+        ids = _labels(ds, target_column, full_names, name, None if name == train_split else eval_only)
+        labels = np.where(ids >= 0, remap[np.maximum(ids, 0)], -1)
         domains = _domains(ds, domain_column, name) if has_domains else None
         if domains is None:
             domains = np.full(len(labels), FIELD, dtype=np.int64)
-        keep = [image_column]
-        ds = ds.select_columns(keep)
+        ds = ds.select_columns([image_column])
+        known = labels >= 0
+        if not known.all():
+            left_out[name] = int((~known).sum())
+            rows = np.flatnonzero(known)
+            ds, labels, domains = ds.select(rows), labels[rows], domains[rows]
         return SplitData(name=name, dataset=ds, labels=labels, domains=domains)
 
+    train_data, valid_data, test_data = make(train_split), make(valid_split), make(test_split)
+    emptied = [d.name for d in (valid_data, test_data) if d is not None and len(d) == 0]
+    valid_data = None if valid_data is not None and len(valid_data) == 0 else valid_data
+    test_data = None if test_data is not None and len(test_data) == 0 else test_data
+    dropped_names += sorted(eval_only)
+    if dropped_names:
+        shown = ", ".join(dropped_names[:20]) + (
+            f" and {len(dropped_names) - 20} more" if len(dropped_names) > 20 else ""
+        )
+        evaluated = "; ".join(f"{n} {split} image(s) of them not evaluated" for split, n in left_out.items())
+        note = (
+            f"{len(dropped_names)} label(s) of {data_path!r} have no training image and are left out (the "
+            f"model has {len(class_names)} classes): {shown}"
+            + (f"; {evaluated}" if evaluated else "")
+            + (f"; split(s) {', '.join(emptied)} left empty and skipped" if emptied else "")
+        )
+        warnings.warn(note, stacklevel=2)
+        logger.warning(note)
+        notes.append(note)
     return PreparedData(
         class_names=class_names,
-        train=make(train_split),
-        validation=make(valid_split),
-        test=make(test_split),
+        train=train_data,
+        validation=valid_data,
+        test=test_data,
         has_domains=has_domains,
         source=kind,
         notes=notes,

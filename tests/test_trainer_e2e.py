@@ -108,7 +108,7 @@ def _check_outputs(project: Path, token: str = None) -> dict:
     card = (project / "README.md").read_text()
     for split in ("validation", "test"):
         for subset, values in metrics[split].items():
-            expected = [format_metric(values[k]) for k in ("n", "top1", "top5", "mrr", "macro_f1")]
+            expected = [format_metric(values[k]) for k in ("n", "top1", "top5", "mrr", "macro_f1", "ece")]
             assert _card_row(card, split, subset) == expected, (split, subset)
     assert "library_name: transformers" in card and "pipeline_tag: image-classification" in card
     assert not list(project.glob("cache"))  # temporary image cache removed

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_prep.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_PIXELS_ENV
 from data_prep.layouts import LAYOUTS, DataPrepError
 
 DEFAULT_PROJECT = "herbarium-arcface"
@@ -100,7 +102,18 @@ def _parser() -> argparse.ArgumentParser:
         "--max-side", type=int, default=1024, help="downsize longer sides above this (default 1024; 0: never)"
     )
     b.add_argument(
-        "--min-side", type=int, default=32, help="skip images whose shorter side is below this (default 32)"
+        "--min-side",
+        type=int,
+        default=DEFAULT_MIN_SIDE,
+        help=f"skip images whose shorter side is below this (default {DEFAULT_MIN_SIDE}; the app uses the same)",
+    )
+    b.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help=f"skip images with more pixels than this, checked before decoding (default: ${MAX_PIXELS_ENV} "
+        f"or {DEFAULT_MAX_PIXELS:_}, shared with the trainer and the app); scans below it are kept and "
+        "downsized to --max-side (JPEGs decoded at reduced scale)",
     )
     b.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
     b.add_argument(
@@ -145,6 +158,16 @@ def _build(args: argparse.Namespace) -> int:
     from data_prep.report import format_summary
 
     out = args.out or Path(args.project_name) / "autotrain-data"
+    if args.max_pixels:  # the shared limit: worker processes read it from the environment
+        saved = os.environ.get(MAX_PIXELS_ENV)
+        os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)
+        try:
+            return _build(argparse.Namespace(**{**vars(args), "max_pixels": None}))
+        finally:
+            if saved is None:
+                os.environ.pop(MAX_PIXELS_ENV, None)
+            else:
+                os.environ[MAX_PIXELS_ENV] = saved
     try:
         dsd, report = build_dataset(
             args.source,

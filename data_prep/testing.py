@@ -110,8 +110,9 @@ def make_bad_corpus(root: Path) -> dict[str, str]:
     )
     put("herbarium/Alpha/broken_header.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt")
     put("herbarium/Alpha/cut.jpg", truncated[: len(truncated) * 2 // 3], "truncated")
-    put("herbarium/Beta/bomb.png", png_with_size(20000, 20000), "decompression_bomb")
-    put("herbarium/Beta/bomb_warning.png", png_with_size(10000, 10000), "decompression_bomb")
+    put("herbarium/Beta/bomb.png", png_with_size(20000, 20000), "decompression_bomb")  # 400 MP > 250 MP limit
+    # 100 MP is within the limit (real scans reach 200 MP): decoded, and this one has no pixel data
+    put("herbarium/Beta/claims_100mp.png", png_with_size(10000, 10000), "truncated")
     put("herbarium/Beta/tiny.jpg", image_bytes(10, size=(12, 10)), "too_small")
     put("herbarium/Beta/cmyk.jpg", encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"), "converted_mode")
     put("herbarium/Gamma/sixteen.png", encode(Image.fromarray(sixteen, mode="I;16"), "PNG"), "converted_mode")

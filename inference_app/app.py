@@ -31,7 +31,7 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 from inference_app.identification import COMBINE_METHODS, Identification, identify, softmax
-from inference_app.images import InvalidImageError, load_image
+from inference_app.images import DEFAULT_MIN_SIDE, InvalidImageError, default_max_pixels
 from inference_app.predictor import DEFAULT_MODEL, ModelNotFoundError, Predictor, default_num_threads
 from inference_app.reference import ReferenceIndex, ReferenceSetError, default_cache_dir, load_reference_set
 from inference_app.taxonomy import Taxonomy, TaxonomyError
@@ -41,6 +41,10 @@ logger = logging.getLogger("inference_app")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MAX_PHOTOS = 8
+# Uploads (and the files the app writes for the gallery) live in Gradio's cache folder: every
+# CACHE_SWEEP_S seconds, files older than KEEP_UPLOADS_S are deleted; all of them when the app stops.
+KEEP_UPLOADS_S = 3600
+CACHE_SWEEP_S = 300
 NO_MAP_TEXT = (
     "No reference set, so there is no map. Start the app with `--reference DATA`, where DATA is the "
     "dataset written by `data_prep` (for example `herbarium-arcface/autotrain-data`), a folder "
@@ -67,6 +71,15 @@ class AppSettings:
     combine: str = "mean_prob"
     title: str = "Herbarium-to-field plant identification"
     examples: list[Path] = field(default_factory=list)
+    min_side: int = DEFAULT_MIN_SIDE  # photos with a shorter side below this get a message, not an answer
+    max_pixels: int | None = None  # refused above this (None: IMAGE_MAX_PIXELS or 250 megapixels)
+    keep_uploads_s: int = KEEP_UPLOADS_S  # uploads and files the app wrote are deleted after this
+
+    @property
+    def delete_cache(self) -> tuple[int, int]:
+        """Gradio's ``delete_cache``: (how often to sweep, age at which a file is deleted), in seconds."""
+        keep = max(60, int(self.keep_uploads_s))
+        return min(CACHE_SWEEP_S, keep), keep
 
 
 class MapRenderer:
@@ -135,7 +148,9 @@ def analyse_photos(
     images, skipped = [], []
     for number, photo in enumerate(photos, start=1):
         try:
-            images.append(load_image(photo, max_side=predictor.max_side))
+            images.append(
+                predictor.open_photo(photo, min_side=settings.min_side, max_pixels=settings.max_pixels)
+            )
         except InvalidImageError as error:
             skipped.append(f"photo {number}: {error}" if len(photos) > 1 else str(error))
     if not images:
@@ -204,7 +219,7 @@ def build_demo(
         return renderer.base if renderer is not None else None
 
     n_ref = f"{len(index)} reference images" if index is not None else "no reference set"
-    with gr.Blocks(title=settings.title, analytics_enabled=False) as demo:
+    with gr.Blocks(title=settings.title, analytics_enabled=False, delete_cache=settings.delete_cache) as demo:
         gr.Markdown(f"# {settings.title}\n{INTRO}")
         gr.Markdown(
             f"Model: `{predictor.model_dir.name if predictor.model_dir else 'in memory'}` · "
@@ -335,6 +350,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-file-size", default="25mb", help="largest upload accepted (default %(default)s)"
     )
     parser.add_argument(
+        "--keep-uploads",
+        type=int,
+        default=int(_env("KEEP_UPLOADS", KEEP_UPLOADS_S)),
+        help="seconds an upload stays in Gradio's cache before it is deleted (swept every 5 minutes, and "
+        "all at shutdown; env KEEP_UPLOADS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=default_max_pixels(),
+        help="refuse images with more pixels, before decoding (env IMAGE_MAX_PIXELS, shared with data_prep "
+        "and the trainer; default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-side",
+        type=int,
+        default=int(_env("MIN_SIDE", DEFAULT_MIN_SIDE)),
+        help="refuse photos whose shorter side is below this many pixels (data_prep's --min-side; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=2, help="requests computed at once (default %(default)s)"
     )
     parser.add_argument(
@@ -409,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_neighbours=args.neighbours,
         combine=args.combine,
         examples=examples,
+        min_side=args.min_side,
+        max_pixels=args.max_pixels,
+        keep_uploads_s=args.keep_uploads,
     )
     demo = build_demo(predictor, index, tsne_map, taxonomy, settings)
     launch(demo, args.host, args.port, args.max_file_size, args.concurrency, args.queue_size)

@@ -5,8 +5,9 @@ Usage::
     python -m inference_app.export_space space-out --model-id user/herbarium-arcface [--reference user/data]
     cd space-out && git init && ... (or `huggingface-cli upload user/my-space . --repo-type space`)
 
-The Space holds this app's code and a copy of ``modeling_arcface.py`` taken from this checkout, so
-the Space runs code its owner deployed: nothing from the model repository is executed.
+The Space holds this app's code, a copy of ``modeling_arcface.py`` and of the image policy
+(``data_prep/images.py``) taken from this checkout, so the Space runs code its owner deployed:
+nothing from the model repository is executed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODELING = HERE.parent / "autotrain" / "trainers" / "image_classification_custom" / "modeling_arcface.py"
+# The image policy shared with data_prep and the trainer (Pillow and numpy only): the app imports it
+# as ``data_prep.images``, so the Space carries it in a ``data_prep`` package of its own.
+IMAGE_POLICY = HERE.parent / "data_prep" / "images.py"
 APP_MODULES = (
     "__init__.py",
     "app.py",
@@ -52,6 +56,12 @@ def export_space(out: Path, model_id: str | None = None, reference: str | None =
         elif name == "__init__.py":
             (package / name).write_text("")
     shutil.copyfile(MODELING, package / "modeling_arcface.py")
+    policy = out / "data_prep"
+    policy.mkdir(exist_ok=True)
+    (policy / "__init__.py").write_text(
+        '"""The image policy of the herbarium project (data_prep/images.py)."""\n'
+    )
+    shutil.copyfile(IMAGE_POLICY, policy / "images.py")
     shutil.copyfile(HERE / "requirements.txt", out / "requirements.txt")
     shutil.copyfile(HERE / "README.md", out / "README.md")
     defaults = "".join(

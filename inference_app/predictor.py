@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from inference_app.identification import softmax
-from inference_app.images import ImageSource, load_image
+from inference_app.images import ImageSource, open_model_image, resize_for_model
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ class Preprocessing:
             )
             left, top = (resized.width - width) // 2, (resized.height - height) // 2
             image = resized.crop((left, top, left + width, top + height))
-        elif image.size != (width, height):
-            image = image.resize((width, height), self.resample, reducing_gap=3.0)
+        else:  # one resize with the model's filter, as the trainer's cache and ViTImageProcessor do
+            image = resize_for_model(image, (height, width), self.resample)
         return np.asarray(image, dtype=np.uint8)
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -303,13 +303,34 @@ class Predictor:
 
     @property
     def max_side(self) -> int:
-        """Longest side worth decoding: twice the model input (JPEGs then decode at 1/8 scale)."""
+        """Longest side worth keeping for display: twice the model input, at least 256."""
         return max(2 * max(self.preprocessing.size), 256)
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """``(height, width)`` that decoding at reduced scale must keep (the input, or the shortest edge)."""
+        edge = self.preprocessing.shortest_edge
+        return (edge, edge) if edge else self.preprocessing.size
+
+    def open_photo(
+        self, source: ImageSource, min_side: int = 0, max_pixels: int | None = None
+    ) -> Image.Image:
+        """``source`` opened under the project's image policy, as the trainer decodes the same file.
+
+        Args:
+            source: a path, bytes, ``PIL.Image`` or array.
+            min_side: refuse images whose shorter side is below this (the app uses data_prep's 32).
+            max_pixels: pixel limit (default: the shared ``IMAGE_MAX_PIXELS`` / 250 megapixels).
+
+        Raises:
+            InvalidImageError: with a one-line message that names the file and what to do.
+        """
+        return open_model_image(source, self.decode_size, min_side=min_side, max_pixels=max_pixels)
 
     def _to_images(self, images: Sequence[ImageSource] | ImageSource) -> list[Image.Image]:
         if isinstance(images, str | Path | bytes | Image.Image | np.ndarray):
             images = [images]
-        return [load_image(image, max_side=self.max_side) for image in images]
+        return [self.open_photo(image) for image in images]
 
     def _build_optimized(self):
         """A frozen, traced copy of embed + logits, or None when it cannot be built or disagrees."""

@@ -17,7 +17,6 @@ albumentations in the main process, every epoch):
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import warnings
@@ -381,24 +380,19 @@ def load_splits(
 # ------------------------------------------------------------------------------------------------------
 
 
-def _decode_one(item: Any, size: int, resample: int, draft: bool) -> np.ndarray:
-    if isinstance(item, PILImage.Image):
-        image = item
-    elif isinstance(item, dict):
-        if item.get("bytes") is not None:
-            image = PILImage.open(io.BytesIO(item["bytes"]))
-        elif item.get("path"):
-            image = PILImage.open(item["path"])
-        else:
-            raise ValueError("image entry has neither bytes nor path")
-    else:
+def _decode_one(item: Any, size: int, resample: int, index: int) -> np.ndarray:
+    """One dataset image as the model sees it, under the project's image policy (``data_prep.images``,
+    shared with data_prep and the app): EXIF orientation, any mode to 8-bit RGB (16-bit scaled, alpha
+    onto white), the first frame, reduced-scale decoding of large files and the pixel limit, then one
+    resize with the backbone's filter."""
+    from data_prep.images import load_for_model
+
+    if isinstance(item, dict) and item.get("bytes") is None and not item.get("path"):
+        raise ValueError(f"image #{index} has neither bytes nor a path")
+    if not isinstance(item, dict | PILImage.Image):
         raise TypeError(f"unsupported image entry {type(item).__name__}")
-    if draft and image.format == "JPEG":
-        image.draft("RGB", (size, size))  # DCT-domain downscale: much faster decoding of large JPEGs
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), resample=resample)
-    return np.asarray(image, dtype=np.uint8)
+    name = None if isinstance(item, dict) and item.get("path") else f"image #{index}"
+    return load_for_model(item, size, resample, name=name)
 
 
 def decode_images(
@@ -414,13 +408,18 @@ def decode_images(
 ) -> np.ndarray:
     """Decode every image of ``dataset`` once into a ``(N, size, size, 3)`` uint8 array.
 
+    Every data source (a data_prep dataset, an image folder, a Hub dataset) is decoded under the
+    project's image policy (:mod:`data_prep.images`), like data_prep and the app: an EXIF-rotated photo
+    is upright, a 16-bit scan is scaled rather than white, a cut-out is on white.
+
     Args:
         dataset: HF ``Dataset`` with an ``Image`` column.
         image_column: The image column.
         size: Square output size.
         interpolation: PIL filter name (the backbone's; also used by the saved image processor).
-        draft: Let JPEG decoding downscale in the DCT domain first (training images only: faster, and
-            not bit-identical to the image processor).
+        draft: Kept for compatibility: reduced-scale decoding (JPEG DCT scaling never below
+            ``size``, box reduction of other formats never below twice ``size``) is part of the image
+            policy for every split, so that the app, which decodes the same way, sees the same pixels.
         memory_budget_mb: Above this size the array is a memory-mapped file in ``spill_dir``.
         spill_dir: Folder for the memory-mapped file.
         num_threads: Decoding threads (PIL releases the GIL); default: the CPU count.
@@ -446,7 +445,10 @@ def decode_images(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, n, chunk):
             items = dataset[start : start + chunk][image_column]
-            decoded = pool.map(lambda it: _decode_one(it, size, resample, draft), items)
+            n_items = len(items)
+            decoded = pool.map(
+                _decode_one, items, [size] * n_items, [resample] * n_items, range(start, start + n_items)
+            )
             for offset, image in enumerate(decoded):
                 array[start + offset] = image
     return array

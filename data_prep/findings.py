@@ -19,7 +19,7 @@ REASONS: dict[str, str] = {
     ),
     "corrupt": "an image file whose data Pillow cannot decode",
     "truncated": "image data ends early (truncated download or copy)",
-    "decompression_bomb": "more pixels than Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)",
+    "decompression_bomb": "more pixels than the image pixel limit (default 250 MP; raise it with --max-pixels or IMAGE_MAX_PIXELS)",
     "too_small": "shorter side below --min-side",
     "duplicate": "exact duplicate (same content hash) of a file already kept",
     "leakage": "same content as a test image; the training copy is dropped",

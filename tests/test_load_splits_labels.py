@@ -144,7 +144,15 @@ def test_trainer_cli_exits_2_with_one_line_for_a_folder_without_species(
     level, last = messages[-1]
     assert level == "ERROR" and "\n" not in last
     assert f"{root / 'train'}: 3 image(s) not inside a species folder" in last and "Traceback" not in last
-    assert any(lvl == "DEBUG" and "Traceback" in text for lvl, text in messages[:-1])  # the log keeps it
+    assert not any("Traceback" in text for _, text in messages)  # no traceback without --debug
+    messages.clear()
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
+    try:
+        with pytest.raises(SystemExit):
+            main(["--training_config", str(tmp_path / "config.json"), "--debug"])
+    finally:
+        logger.remove(sink)
+    assert any(lvl == "DEBUG" and "Traceback" in text for lvl, text in messages[:-1])  # --debug logs it
 
 
 def test_training_counts_no_test_only_species_as_herbarium_only(

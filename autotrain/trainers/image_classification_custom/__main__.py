@@ -4,7 +4,7 @@ A thin pipeline: parse the arguments, validate the config, run :func:`training.r
 ``monitor``. ``monitor`` logs a failure and returns None instead of raising; :func:`train` turns that into
 exit status 1, so a failed run never looks like a success. A data problem the user must fix
 (:class:`dataset.DataInputError`: a wrong folder layout, unlabelled images) ends with one line that
-names the folder and what to do, and exit status 2; its traceback goes to the log at DEBUG level.
+names the folder and what to do, and exit status 2; its traceback is logged only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from autotrain import logger
 from autotrain.trainers.common import monitor
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams, load_params
 
+_DEBUG = {"traceback": False}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -24,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train an ArcFace herbarium-to-field plant classifier (AutoTrain custom trainer).",
     )
     parser.add_argument("--training_config", type=str, required=True, help="JSON file of training parameters")
+    parser.add_argument("--debug", action="store_true", help="also log the traceback of data input errors")
     return parser.parse_args(argv)
 
 
@@ -35,7 +38,8 @@ def _monitored_run(config: ImageClassificationCustomParams) -> dict[str, Any] | 
     try:
         result = training.run(config)
     except DataInputError as err:  # the user's data, not a crash: returned, so that train() exits 2
-        logger.opt(exception=err).debug("data input error")
+        if _DEBUG["traceback"]:
+            logger.opt(exception=err).debug("data input error")
         return err
     return result if result is not None else {}
 
@@ -59,6 +63,7 @@ def train(config: dict | ImageClassificationCustomParams) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    _DEBUG["traceback"] = args.debug
     try:
         config = load_params(args.training_config)
     except ValueError as err:

@@ -45,7 +45,8 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Candidate settings on top of config.json (what each changes); "ours" is config.json itself. Each is
 # also evaluated at the WiSE-FT alphas of WISE_FT_GRID (one training run gives them all).
 CANDIDATES: dict[str, dict[str, Any]] = {
-    # the pre-issue-14 optimisation: backbone lr 3e-4, head 3e-3, 512-d embedding
+    # the learning rates config.json had before issue 14 (backbone 3e-4, head 3e-3, 512-d embedding), now
+    # with the prototype start; chosen on validation, so config.json keeps them
     "ours_old_lr": {"lr": 3e-4, "backbone_lr": None, "head_lr": None, "embedding_dim": 512},
     "ours_bb3e-5": {"backbone_lr": 3e-5, "head_lr": 1e-3, "lr": None, "embedding_dim": None},
     "ours_bb1e-5": {"backbone_lr": 1e-5, "head_lr": 1e-3, "lr": None, "embedding_dim": None},
@@ -335,6 +336,41 @@ def run(
     return results
 
 
+def merge(parts: list[Path], out: Path) -> list[Path]:
+    """Join the ``<task>/results.json`` of several ``--out`` folders (runs split over processes) into
+    ``out/<task>/results.json``: frozen results from the first that has them, every system's runs
+    concatenated (ordered by seed), summaries recomputed. Returns the files written."""
+    written = []
+    tasks = sorted({p.parent.name for part in parts for p in Path(part).glob("*/results.json")})
+    for task in tasks:
+        merged: dict[str, Any] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        sources = []
+        for part in parts:
+            file = Path(part) / task / "results.json"
+            if not file.is_file():
+                continue
+            r = json.loads(file.read_text())
+            sources.append(str(part))
+            for key in ("task", "splits", "settings"):
+                merged.setdefault(key, r.get(key))
+            if r.get("frozen") and not merged.get("frozen"):
+                merged["frozen"] = r["frozen"]
+            for system, reports in (r.get("runs") or {}).items():
+                runs.setdefault(system, []).extend(reports)
+        runs = {k: sorted(v, key=lambda x: x["seed"]) for k, v in runs.items() if v}
+        merged["seeds"] = max((len(v) for v in runs.values()), default=0)
+        merged["merged_from"] = sources
+        merged["runs"] = runs
+        merged["summary"] = summarise(runs)
+        merged["wise_ft"] = wise_ft_rows(runs)
+        target = Path(out) / task / "results.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(merged, indent=2, default=float) + "\n")
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", choices=("leafsnap", "plantclef", "both"), default="both")
@@ -351,7 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=1, help="trainer runs at a time")
     p.add_argument("--timeout", type=float, default=7200)
     p.add_argument("--data-root", type=Path, default=real_data.SHARED_DATA)
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="join the results of these --out folders into --out",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        for file in merge(args.merge, args.out):
+            print(f"wrote {file}")
+        return 0
     if not args.data_root.is_dir():
         print(f"real-data benchmark skipped: {args.data_root} not found (it needs ../shared/data)")
         return 0
@@ -385,7 +432,7 @@ SYSTEM_TITLES = {
     "frozen_imagenet": "frozen-feature prototypes, ImageNet mean/std input (no training)",
     "stock": "stock AutoTrain `image_classification`",
     "ours": "this trainer, `config.json` as shipped",
-    "ours_old_lr": "this trainer, pre-issue-14 learning rates (backbone 3e-4, head 3e-3, 512-d)",
+    "ours_old_lr": "this trainer, lr 3e-4 (backbone 3e-4, head 3e-3), 512-d PCA start: `config.json`",
     "ours_bb3e-5": "this trainer, backbone lr 3e-5, head 1e-3, identity projection",
     "ours_bb1e-5": "this trainer, backbone lr 1e-5, head 1e-3, identity projection",
     "ours_head_only": "this trainer, backbone frozen (head lr 1e-3), identity projection",

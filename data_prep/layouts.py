@@ -205,6 +205,14 @@ class _FolderWalker:
             self.linked_dirs[real] = _rel(path, self.root)
         return True
 
+    def resolve(self, item, path: Path, parent_real: str, via_link: bool) -> tuple[str, bool] | None:
+        """``(real path, reached through a link)`` of a directory entry; None for a link not followed
+        (outside the root, broken or a loop: :meth:`follow` reports it)."""
+        if item.is_symlink():
+            real = self.follow(path)
+            return None if real is None else (real, True)
+        return os.path.join(parent_real, item.name), via_link
+
     def walk(
         self, folder: Path, label: str, domain: str, split: str, via_link: bool, ancestors: frozenset[str]
     ) -> int | None:
@@ -216,14 +224,10 @@ class _FolderWalker:
         found = 0
         for item in items:
             path = folder / item.name
-            linked = via_link
-            if item.is_symlink():
-                real = self.follow(path)
-                if real is None:
-                    continue
-                linked = True
-            else:
-                real = os.path.join(folder_real, item.name)
+            resolved = self.resolve(item, path, folder_real, via_link)
+            if resolved is None:
+                continue
+            real, linked = resolved
             if _is_dir(item):
                 if item.name.startswith("."):
                     self.note(path, "hidden_folder", IGNORED, "name starts with '.': not read")
@@ -248,14 +252,10 @@ class _FolderWalker:
         domain_real = os.path.realpath(domain_dir)
         for item in items or []:
             path = domain_dir / item.name
-            linked = via_link
-            if item.is_symlink():
-                real = self.follow(path)
-                if real is None:
-                    continue
-                linked = True
-            else:
-                real = os.path.join(domain_real, item.name)
+            resolved = self.resolve(item, path, domain_real, via_link)
+            if resolved is None:
+                continue
+            real, linked = resolved
             if not _is_dir(item):
                 if _is_system_file(item.name):
                     self.disc.ignored_files += 1

@@ -369,6 +369,14 @@ def auto_logging_steps(n_train: int, config: ImageClassificationCustomParams, wo
     return int(min(25, max(1, steps // 5)))
 
 
+def _cached_batches(images, collator, batch_size, device, image_size, interpolation, indices=None):
+    """Normalised device batches of cached uint8 images (in ``indices`` order), resized if needed."""
+    order = np.arange(len(images)) if indices is None else np.asarray(indices)
+    for start in range(0, len(order), batch_size):
+        batch = resize_uint8(images[order[start : start + batch_size]], image_size, interpolation)
+        yield collator.normalize(batch).to(device)
+
+
 @torch.inference_mode()
 def compute_features(
     model: ArcFaceForImageClassification,
@@ -382,10 +390,10 @@ def compute_features(
     """Pooled backbone features ``(N, feature_dim)`` float32 of cached uint8 images (before the projection)."""
     was_training = model.training
     model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = resize_uint8(images[start : start + batch_size], image_size, interpolation)
-        out.append(model.forward_features(collator.normalize(batch).to(device)).float().cpu())
+    out = [
+        model.forward_features(x).float().cpu()
+        for x in _cached_batches(images, collator, batch_size, device, image_size, interpolation)
+    ]
     model.train(was_training)
     return torch.cat(out).numpy()
 
@@ -423,11 +431,9 @@ def compute_embeddings(
     """
     was_training = model.training
     model.eval()
-    order = np.arange(len(images)) if indices is None else np.asarray(indices)
     embeddings, logits = [], []
-    for start in range(0, len(order), batch_size):
-        batch = resize_uint8(images[order[start : start + batch_size]], image_size, interpolation)
-        emb = model.embed(collator.normalize(batch).to(device)).float()
+    for x in _cached_batches(images, collator, batch_size, device, image_size, interpolation, indices):
+        emb = model.embed(x).float()
         embeddings.append(emb.cpu())
         logits.append(model.head.get_logits(emb).float().cpu())
     model.train(was_training)

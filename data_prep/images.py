@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data_prep.filetype import HEAD_BYTES, describe_content
+
 #: Default pixel limit (width x height as stored in the file); ``IMAGE_MAX_PIXELS`` overrides it.
 DEFAULT_MAX_PIXELS = 250_000_000
 MAX_PIXELS_ENV = "IMAGE_MAX_PIXELS"
@@ -158,6 +160,36 @@ def _unsupported_format(head: bytes, suffix: str) -> str | None:
     if suffix in _RAW_SUFFIXES:
         return suffix[1:].upper()
     return None
+
+
+def _unidentified(data: bytes, suffix: str, label: str) -> ImageError:
+    """The error for data Pillow cannot identify, from what the bytes are rather than the file's name.
+
+    A format Pillow cannot read here (HEIC, AVIF, SVG, PDF; camera raw by its extension) is named with
+    what to do; data that starts like an image Pillow reads, or unrecognisable binary data under an image
+    extension, is ``corrupt``; anything else (a text file named ``.jpg``, a ZIP archive) is
+    ``not_an_image`` with the detected type (never the bytes).
+    """
+    head = data[:1024]
+    kind = describe_content(data[:HEAD_BYTES])
+    fmt = _unsupported_format(head, "")
+    if fmt is None and suffix in _RAW_SUFFIXES and kind in ("TIFF image", "unknown binary"):
+        fmt = suffix[1:].upper()
+    if fmt is not None:
+        reason = "not_an_image" if fmt in ("SVG", "PDF", "PostScript") else "corrupt"
+        return ImageError(reason, _format_advice(fmt, label), f"{fmt} file: Pillow cannot read it")
+    if head.startswith(_IMAGE_SIGNATURES) or (suffix in _IMAGE_SUFFIXES and kind == "unknown binary"):
+        return ImageError(
+            "corrupt",
+            f"{label} is not an image Pillow can read: its data does not match an image format "
+            "(corrupt, or a wrong extension); re-export or re-copy the file",
+            "Pillow cannot identify the image data",
+        )
+    return ImageError(
+        "not_an_image",
+        f"{label} is not an image (detected type: {kind}): remove it, or use a JPEG, PNG, WebP or TIFF file",
+        f"detected type: {kind}",
+    )
 
 
 def _format_advice(fmt: str, name: str) -> str:
@@ -525,24 +557,7 @@ def open_header(
             with _pillow_bomb_check_off():
                 image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError as error:
-            fmt = _unsupported_format(data[:1024], suffix)
-            if fmt is not None:
-                reason = "not_an_image" if fmt in ("SVG", "PDF", "PostScript") else "corrupt"
-                raise ImageError(
-                    reason, _format_advice(fmt, label), f"{fmt} file: Pillow cannot read it"
-                ) from error
-            if suffix in _IMAGE_SUFFIXES or data[:16].startswith(_IMAGE_SIGNATURES):
-                raise ImageError(
-                    "corrupt",
-                    f"{label} is not an image Pillow can read: its data does not match an image format "
-                    "(corrupt, or a wrong extension); re-export or re-copy the file",
-                    "Pillow cannot identify the image data",
-                ) from error
-            raise ImageError(
-                "not_an_image",
-                f"{label} is not an image Pillow can read (unknown format): use a JPEG, PNG, WebP or TIFF file",
-                "Pillow cannot identify it",
-            ) from error
+            raise _unidentified(data, suffix, label) from error
         except Exception as error:  # noqa: BLE001 - a broken header is a property of the file
             raise _decode_failure(error, label) from error
     width, height = image.size

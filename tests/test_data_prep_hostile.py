@@ -18,6 +18,7 @@ from data_prep import DataPrepError, build_dataset
 from data_prep.cli import main
 from data_prep.filetype import describe_content, scrub_detail
 from data_prep.findings import REASONS
+from data_prep.images import ImageError, open_header
 from data_prep.layouts import discover
 from data_prep.report import format_summary
 from data_prep.testing import make_folder_tree, write_image
@@ -123,6 +124,27 @@ def test_not_an_image_is_named_by_type_never_by_its_bytes(tmp_path: Path) -> Non
         "herbarium/Betula pendula/scan.pdf": "detected type: PDF document",
     }
     _assert_no_secrets(json.dumps(report), format_summary(report))
+
+
+def test_text_named_as_an_image_is_not_an_image_with_its_type(tmp_path: Path) -> None:
+    """A text file named .jpg or .HEIC is ``not_an_image`` (detected type), not ``corrupt`` from its name;
+    real HEIC data (by its magic bytes) is named with the conversion advice (issue 10)."""
+    root = _base_tree(tmp_path / "in")
+    (root / "herbarium" / "Abies alba" / "notes.jpg").write_bytes(b"collector: J. Smith\n")
+    (root / "herbarium" / "Abies alba" / "IMG_0002.HEIC").write_bytes(b"not a photo, just text\n")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    (root / "herbarium" / "Betula pendula" / "IMG_0003.HEIC").write_bytes(heic)
+    _, report = build_dataset(root, num_proc=1, progress=False)
+    found = {f["path"]: (f["reason"], f["detail"]) for f in report["findings"]}
+    assert found["herbarium/Abies alba/notes.jpg"] == ("not_an_image", "detected type: text file")
+    assert found["herbarium/Abies alba/IMG_0002.HEIC"] == ("not_an_image", "detected type: text file")
+    reason, detail = found["herbarium/Betula pendula/IMG_0003.HEIC"]
+    assert reason != "not_an_image" and detail.startswith("HEIC file: Pillow cannot read it")
+    with pytest.raises(ImageError, match="convert it to JPEG"):
+        open_header(str(root / "herbarium" / "Betula pendula" / "IMG_0003.HEIC"))
+    with pytest.raises(ImageError, match="detected type: text file") as err:
+        open_header(str(root / "herbarium" / "Abies alba" / "notes.jpg"))
+    assert err.value.reason == "not_an_image" and "'notes.jpg'" in str(err.value)
 
 
 def test_describe_content_and_scrub() -> None:

@@ -173,3 +173,28 @@ def test_progress_bar_and_one_readable_line_per_evaluation(tmp_path, monkeypatch
     evals = [m for m in messages if " validation (field photos" in m]
     assert len(evals) == 2 and "top-1" in evals[0] and "MRR" in evals[0]
     assert not any("{'loss'" in m or "'eval_top1'" in m for m in messages + err.splitlines())
+
+
+def test_wider_embedding_than_features_starts_as_an_isometry(tmp_path):
+    model = _tiny(tmp_path, 4 * 1280)
+    feats = torch.randn(5, model.config.feature_dim)
+    assert model.init_projection(feats) == "identity"
+    with torch.no_grad():
+        out = model.projection(feats)
+    torch.testing.assert_close(out.norm(dim=1), feats.norm(dim=1))
+
+
+def test_wise_ft_alpha_is_chosen_on_field_validation_and_never_below_the_start(tmp_path, monkeypatch):
+    """With field validation photos the saved alpha is the grid's best by validation MRR; alpha 0 (the
+    starting prototype model) is a candidate, so the saved model is never worse there than the start."""
+    from autotrain.trainers.image_classification_custom.training import WISE_FT_GRID
+
+    project, metrics = _train(tmp_path, monkeypatch, tsne=False, lr=0.05, head_lr=0.5, backbone_lr=None)
+    selection = metrics["wise_ft"]["selection"]
+    assert selection["by"] == "field validation MRR"
+    scores = {float(a): m for a, m in selection["validation_mrr"].items()}
+    assert sorted(scores) == list(WISE_FT_GRID)
+    assert metrics["wise_ft"]["alpha"] == max(scores, key=lambda a: (round(scores[a], 6), a))
+    start = scores[0.0]
+    assert metrics["validation"]["field"]["mrr"] >= start - 1e-6
+    assert "chosen on the field validation photos" in (project / "README.md").read_text()

@@ -139,6 +139,51 @@ def open_dataset_dict(data_path: str, token: str | None = None, config_name: str
         ) from err
 
 
+def _links_outside(root: Path) -> list[str]:
+    """Paths (relative to ``root``, POSIX) of the symlinks under ``root`` that resolve outside it.
+
+    Links are not followed while walking (a linked folder outside is reported, not entered), as in
+    data_prep's ``outside_root`` finding.
+    """
+    from data_prep.layouts import _inside
+
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            path = Path(folder) / name
+            if path.is_symlink() and not _inside(path, root):
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def _leave_out_links_outside(dd, data_path: str, image_column: str) -> tuple[Any, str | None]:
+    """Drop the rows of an image folder whose file resolves outside ``data_path`` (a symlink leading out of
+    the collection); returns the dataset and a warning naming what was left out (None when nothing)."""
+    from datasets import DatasetDict
+    from datasets import Image as ImageFeature
+
+    from data_prep.layouts import _inside
+
+    root = Path(data_path)
+    outside = _links_outside(root)
+    if not outside:
+        return dd, None
+    kept = {}
+    for split, ds in dd.items():
+        if image_column in ds.column_names and isinstance(ds.features[image_column], ImageFeature):
+            paths = ds.cast_column(image_column, ImageFeature(decode=False))[image_column]
+            rows = [i for i, item in enumerate(paths) if not item.get("path") or _inside(item["path"], root)]
+            if len(rows) < len(ds):
+                ds = ds.select(rows)
+        kept[split] = ds
+    shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+    note = (
+        f"{data_path}: {len(outside)} symlink(s) lead outside the data folder and are left out (not followed, "
+        f"nothing there is read): {shown}; copy those files into the folder to train on them"
+    )
+    return DatasetDict(kept), note
+
+
 def _class_names(dataset, column: str) -> list[str]:
     feature = dataset.features[column]
     names = getattr(feature, "names", None)
@@ -244,12 +289,17 @@ def load_splits(
     valid_split, test_split = strip(valid_split), strip(test_split)
 
     dd, kind = open_dataset_dict(data_path, token=token, config_name=config_name)
+    notes = []
     if kind == "imagefolder":
+        dd, note = _leave_out_links_outside(dd, data_path, image_column)
+        if note:
+            warnings.warn(note, stacklevel=2)
+            logger.warning(note)
+            notes.append(note)
         _check_imagefolder(dd, data_path, target_column)
     splits = list(dd.keys())
     if train_split not in dd:
         raise ValueError(f"train_split {train_split!r} not in {data_path!r} (splits: {splits})")
-    notes = []
     if valid_split is not None and valid_split not in dd:
         message = (
             f"valid_split {valid_split!r} not in {data_path!r} (splits: {splits}); set valid_split to null "
@@ -385,14 +435,22 @@ def _decode_one(item: Any, size: int, resample: int, index: int) -> np.ndarray:
     shared with data_prep and the app): EXIF orientation, any mode to 8-bit RGB (16-bit scaled, alpha
     onto white), the first frame, reduced-scale decoding of large files and the pixel limit, then one
     resize with the backbone's filter."""
-    from data_prep.images import load_for_model
+    from data_prep.images import ImageError, load_for_model
 
     if isinstance(item, dict) and item.get("bytes") is None and not item.get("path"):
         raise ValueError(f"image #{index} has neither bytes nor a path")
     if not isinstance(item, dict | PILImage.Image):
         raise TypeError(f"unsupported image entry {type(item).__name__}")
-    name = None if isinstance(item, dict) and item.get("path") else f"image #{index}"
-    return load_for_model(item, size, resample, name=name)
+    path = item.get("path") if isinstance(item, dict) else None
+    try:
+        return load_for_model(item, size, resample, name=None if path else f"image #{index}")
+    except ImageError as err:  # the user's file, not a crash: one line naming it and what to do
+        if path and item.get("bytes") is None:  # a file on disk (an image folder)
+            raise DataInputError(
+                f"{path}: {err}; or build the dataset with `python -m data_prep build`, which leaves such "
+                "files out and reports them"
+            ) from err
+        raise DataInputError(f"image #{index}{f' ({path})' if path else ''} of the dataset: {err}") from err
 
 
 def decode_images(

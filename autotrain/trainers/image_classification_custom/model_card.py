@@ -211,17 +211,48 @@ def _selection_and_calibration(
             "early stopping; the last epoch was kept, with the defaults that the real-data benchmark showed "
             "safe without selection."
         )
-    alpha = (metrics.get("wise_ft") or {}).get("alpha", 1.0)
-    if alpha < 1.0:
+    best = (metrics.get("training") or {}).get("best_checkpoint")
+    if metrics.get("best_model_metric") and best:
+        lines.append(f"- Checkpoint kept: `{os.path.basename(str(best))}`.")
+    wise = metrics.get("wise_ft") or {}
+    alpha = wise.get("alpha", 1.0)
+    selection = wise.get("selection")
+    if selection:
+        scores = ", ".join(f"{float(a):g}: {m:.3f}" for a, m in selection["validation_mrr"].items())
+        lines.append(
+            f"- WiSE-FT alpha {alpha:g} chosen on the field validation photos (MRR by alpha: {scores}; alpha 0 "
+            "is the starting model: pretrained backbone and class-mean prototypes)."
+        )
+    elif alpha < 1.0:
         lines.append(
             f"- WiSE-FT: the weights are {1 - alpha:g} x the starting model (pretrained backbone, class-mean "
             f"prototypes) + {alpha:g} x the fine-tuned one."
         )
+    else:
+        lines.append("- WiSE-FT alpha 1: the fine-tuned weights as they are.")
     cal = metrics.get("calibration") or {}
     if cal.get("temperature") is not None:
         lines.append(
             f"- Confidences: logits are divided by a temperature T = {float(cal['temperature']):.3g} "
             f"({cal.get('source', '')})."
+        )
+        herb = next(
+            (
+                metrics[s]["herbarium_only"]
+                for s in ("test", "validation")
+                if "herbarium_only" in (metrics.get(s) or {})
+            ),
+            None,
+        )
+        lines.append(
+            "- **Confidence for species known only from herbarium sheets is not calibrated**: no field photo of "
+            "them was available to fit T on"
+            + (
+                f" (their ECE here: {herb['ece']:.2f}, top-1 {herb['top1']:.2f})"
+                if herb and "ece" in herb
+                else ""
+            )
+            + "; treat a confident answer naming one of them with care."
         )
     lines.append("")
     if reliability_file:

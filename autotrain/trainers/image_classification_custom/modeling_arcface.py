@@ -766,7 +766,7 @@ class ArcFaceForImageClassification(ArcFacePreTrainedModel):
     def init_projection(self, features: torch.Tensor) -> str:
         """Start the projection so that embeddings keep the pooled features' cosine geometry.
 
-        With ``embedding_dim == feature_dim`` the projection becomes the identity (exact: class-mean
+        With ``embedding_dim >= feature_dim`` the projection becomes the identity, padded with zero rows (exact: class-mean
         prototypes on the embeddings rank exactly like prototypes on the pooled features). With a smaller
         ``embedding_dim`` its rows become the top right-singular vectors of the (uncentred) features, an
         orthonormal map that keeps most of their energy, so cosines are nearly preserved. Bias zero.
@@ -782,8 +782,9 @@ class ArcFaceForImageClassification(ArcFacePreTrainedModel):
         if features.ndim != 2 or features.shape[1] != in_dim:
             raise ValueError(f"features must be (N, {in_dim}), got {tuple(features.shape)}")
         self.projection.bias.zero_()
-        if out_dim == in_dim:
-            weight.copy_(torch.eye(in_dim, dtype=weight.dtype, device=weight.device))
+        if out_dim >= in_dim:  # an isometry: the identity, padded with zero rows when the embedding is wider
+            weight.zero_()
+            weight[:in_dim].copy_(torch.eye(in_dim, dtype=weight.dtype, device=weight.device))
             return "identity"
         _, _, vh = torch.linalg.svd(features.double(), full_matrices=True)
         basis = vh[:out_dim]

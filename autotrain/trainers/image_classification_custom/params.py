@@ -103,7 +103,14 @@ class ImageClassificationCustomParams(AutoTrainParams):
         ge=0,
         le=1,
         title="WiSE-FT: the saved weights are (1 - alpha) x the starting weights + alpha x the fine-tuned "
-        "ones (Wortsman et al., CVPR 2022); 1 = plain fine-tuning, 0 = the frozen-feature prototypes",
+        "ones (Wortsman et al., CVPR 2022); 1 = plain fine-tuning, 0 = the frozen-feature prototypes; used "
+        "when there are no field validation photos or `wise_ft_select` is false",
+    )
+    wise_ft_select: bool = Field(
+        True,
+        title="With field validation photos, choose the WiSE-FT alpha among 0, 0.25, 0.5, 0.75, 1 by field "
+        "validation MRR (0 = the starting prototype model, so training never saves a model worse on validation "
+        "than where it started); without them, `wise_ft_alpha` is used",
     )
     wise_ft_report: list[float] | None = Field(
         None,

@@ -596,13 +596,16 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
                     f"{M.readable(baseline[split.name])}"
                 )
         model.train()
-    if resume is None and (config.wise_ft_alpha < 1.0 or config.wise_ft_report):
+    has_field_validation = data.validation is not None and bool(np.any(data.validation.domains == FIELD))
+    select_alpha = config.wise_ft_select and has_field_validation
+    wants_start = config.wise_ft_alpha < 1.0 or bool(config.wise_ft_report) or select_alpha
+    if resume is None and wants_start:
         start_weights = {
             k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
         }
         if is_main:
             save_file(start_weights, str(project / WISE_FT_START))
-    elif config.wise_ft_alpha < 1.0 or config.wise_ft_report:
+    elif wants_start:
         if (project / WISE_FT_START).is_file():
             start_weights = load_file(str(project / WISE_FT_START))
         else:
@@ -718,6 +721,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     model = trainer.model
     eval_kwargs = dict(collator=collator, batch_size=2 * config.batch_size, image_size=size, interp=interp)
     wise_ft = None
+    alpha, wise_ft_selection = (config.wise_ft_alpha if start_weights is not None else 1.0), None
     if start_weights is not None:
         tuned = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
         if config.wise_ft_report:
@@ -735,11 +739,14 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
                     f"WiSE-FT alpha {alpha:g}: "
                     + "; ".join(f"{k} {M.readable(row[k])}" for k in row if k != "alpha")
                 )
-        apply_wise_ft(model, start_weights, tuned, config.wise_ft_alpha)
-        if config.wise_ft_alpha < 1.0:
-            logger.info(
-                f"WiSE-FT: saved weights = {1 - config.wise_ft_alpha:g} x start + {config.wise_ft_alpha:g} x fine-tuned"
+        if select_alpha:
+            wise_ft_selection = select_wise_ft_alpha(
+                model, start_weights, tuned, data.validation, eval_images[data.validation.name], eval_kwargs
             )
+            alpha = wise_ft_selection["alpha"]
+        apply_wise_ft(model, start_weights, tuned, alpha)
+        if alpha < 1.0:
+            logger.info(f"WiSE-FT: saved weights = {1 - alpha:g} x start + {alpha:g} x fine-tuned")
     calibration = calibrate(model, config, data.validation, eval_images, eval_kwargs)
     logger.info("Finished training, saving the model folder...")
     save_arcface_model(model, project)
@@ -764,10 +771,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         logger.info(f"{split.name}: {M.readable(summary[split.name])}")
     if baseline is not None:
         summary["baseline_prototypes"] = baseline
-    summary["wise_ft"] = {
-        "alpha": config.wise_ft_alpha if start_weights is not None else 1.0,
-        "report": wise_ft,
-    }
+    summary["wise_ft"] = {"alpha": alpha, "selection": wise_ft_selection, "report": wise_ft}
     summary["calibration"] = {**calibration, "reliability_field": reliability}
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume and resume.rsplit("-", 1)[-1].isdigit() else None
     summary["training"] = {
@@ -845,6 +849,35 @@ def apply_wise_ft(
     model.load_state_dict(mixed, strict=True)
 
 
+WISE_FT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def select_wise_ft_alpha(model, start, tuned, validation, images, eval_kwargs) -> dict[str, Any]:
+    """Choose the WiSE-FT alpha of :data:`WISE_FT_GRID` with the best field-validation MRR.
+
+    Alpha 0 is the starting model (the frozen-feature prototype line), so a run whose fine-tuning lost
+    what the pretrained features knew falls back towards them instead of saving a worse model. Ties go to
+    the larger alpha. Returns ``{"alpha", "by", "validation_mrr": {alpha: mrr}}``.
+    """
+    field = validation.domains == FIELD
+    scores = {}
+    for a in WISE_FT_GRID:
+        apply_wise_ft(model, start, tuned, a)
+        _, logits = _embed_split(model, images[field], **eval_kwargs)
+        scores[a] = M.mean_reciprocal_rank(logits, validation.labels[field])
+    best = max(scores, key=lambda a: (round(scores[a], 6), a))
+    logger.info(
+        "WiSE-FT alpha chosen on the field validation photos: "
+        + ", ".join(f"{a:g}: MRR {m:.3f}" for a, m in scores.items())
+        + f" -> {best:g}"
+    )
+    return {
+        "alpha": best,
+        "by": "field validation MRR",
+        "validation_mrr": {str(a): m for a, m in scores.items()},
+    }
+
+
 def calibrate(model, config, validation, eval_images, eval_kwargs) -> dict[str, Any]:
     """Set the inference temperature: ``config.temperature``, else fitted on the field validation photos,
     else :data:`FALLBACK_TEMPERATURE`. Returns what was done (for ``metrics.json`` and the card)."""
@@ -858,7 +891,10 @@ def calibrate(model, config, validation, eval_images, eval_kwargs) -> dict[str, 
             f"No field validation photos: confidences use the default temperature {FALLBACK_TEMPERATURE:g} "
             "(measured on the real benchmark), not one fitted to this collection"
         )
-        return {"temperature": FALLBACK_TEMPERATURE, "source": "default (no field validation photos)"}
+        return {
+            "temperature": FALLBACK_TEMPERATURE,
+            "source": "the default: no field validation photos to fit it on",
+        }
     model.set_logit_temperature(1.0)
     _, logits = _embed_split(model, eval_images[validation.name][field], **eval_kwargs)
     labels = validation.labels[field]

@@ -1,0 +1,94 @@
+"""A plain image folder with hostile contents (issue 10): symlinks that resolve outside the folder are left
+out with one warning naming them; a file that is not an image ends the run with exit status 2 and one line
+that names the file and what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_trainer import make_tiny_timm
+
+from autotrain.trainers.image_classification_custom import dataset as D
+from data_prep.testing import write_image
+
+SPECIES = ("Annona glabra", "Bursera simaruba")
+
+
+def _image_folder(root: Path) -> Path:
+    seed = 0
+    for split, n in (("train", 3), ("validation", 1)):
+        for species in SPECIES:
+            for i in range(n):
+                write_image(root / split / species / f"{i}.jpg", seed)
+                seed += 1
+    return root
+
+
+def test_symlinks_leading_outside_the_folder_are_left_out_and_named(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "DATA")
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "secret.jpg", 100)
+    write_image(elsewhere / "folder" / "other.jpg", 101)
+    os.symlink(elsewhere / "secret.jpg", root / "train" / "Annona glabra" / "outside.jpg")
+    os.symlink(elsewhere / "folder", root / "train" / "Bursera simaruba" / "linked")
+    # a link that stays inside the folder is an ordinary file
+    os.symlink(root / "train" / "Annona glabra" / "0.jpg", root / "train" / "Annona glabra" / "inside.jpg")
+
+    with pytest.warns(UserWarning, match="2 symlink\\(s\\) lead outside the data folder") as record:
+        data = D.load_splits(str(root))
+    message = next(str(w.message) for w in record if "symlink" in str(w.message))
+    assert "\n" not in message
+    assert "train/Annona glabra/outside.jpg" in message and "train/Bursera simaruba/linked" in message
+    assert any("symlink" in n for n in data.notes)
+    from datasets import Image
+
+    paths = data.train.dataset.cast_column("image", Image(decode=False))["image"]
+    names = sorted(Path(p["path"]).name for p in paths)
+    assert "outside.jpg" not in names and "other.jpg" not in names
+    assert len(data.train) == 7 and names.count("inside.jpg") == 1
+
+
+def _run_cli(
+    tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, list[tuple[str, str]]]:
+    from autotrain import logger
+    from autotrain.trainers.image_classification_custom.__main__ import main
+
+    config = {
+        "project_name": "proj",
+        "data_path": str(root),
+        "model": str(make_tiny_timm(tmp_path / "tiny-timm")),
+        "image_size": 32,
+        "epochs": 1,
+        "dataloader_num_workers": 0,
+        "tsne": False,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("PAUSE_ON_FAILURE", "0")
+    monkeypatch.chdir(tmp_path)
+    messages: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["--training_config", str(tmp_path / "config.json")])
+    finally:
+        logger.remove(sink)
+    return exc.value.code, messages
+
+
+def test_a_text_file_named_jpg_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _image_folder(tmp_path / "DATA")
+    (root / "train" / "Annona glabra" / "notes.jpg").write_text("collector: J. Smith\n")
+    code, messages = _run_cli(tmp_path, root, monkeypatch)
+    assert code == 2
+    level, last = messages[-1]
+    assert level == "ERROR" and "\n" not in last, last
+    assert "Annona glabra/notes.jpg" in last
+    assert "detected type: text file" in last
+    assert "remove it" in last and "python -m data_prep build" in last
+    assert not any("Traceback" in text for _, text in messages)

@@ -26,7 +26,9 @@ def join_upstream(module_globals: dict, *parts: str) -> None:
     for entry in sys.path:
         candidate = Path(entry or os.getcwd()).resolve().joinpath(*parts)
         init = candidate / "__init__.py"
-        if candidate != here and init.is_file():
+        # skip this folder and any other checkout of this overlay (e.g. a second clone whose .pth is
+        # on sys.path too): joining an overlay to an overlay recurses forever
+        if candidate != here and init.is_file() and "join_upstream(" not in init.read_text(encoding="utf-8"):
             break
     else:
         raise ImportError(

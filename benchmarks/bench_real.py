@@ -271,6 +271,31 @@ def wise_ft_rows(values_by_system: dict[str, list[dict[str, Any]]]) -> dict[str,
     return out
 
 
+def wise_ft_selected(values_by_system: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """What ``wise_ft_select`` would save, from each run's WiSE-FT sweep: per run the alpha with the best
+    validation field MRR (ties to the larger alpha), then its test metrics; mean/sd over runs. Ranking
+    metrics only (the sweep is at temperature 1, so ECE would not be the saved model's)."""
+    out: dict[str, Any] = {}
+    for system, reports in values_by_system.items():
+        picked = []
+        for r in reports:
+            rows = [x for x in (r.get("wise_ft") or []) if "validation" in x and "field" in x["validation"]]
+            if rows:
+                best = max(rows, key=lambda x: (round(x["validation"]["field"]["mrr"], 6), x["alpha"]))
+                picked.append(best)
+        if not picked:
+            continue
+        row: dict[str, Any] = {"alphas": [x["alpha"] for x in picked]}
+        for group in GROUPS:
+            for metric in ("top1", "top5", "mrr"):
+                vals = [x["test"][group][metric] for x in picked if group in x.get("test", {})]
+                if vals:
+                    mean, sd = mean_sd(vals)
+                    row[f"test/{group}/{metric}"] = [round(mean, 4), round(sd, 4)]
+        out[system] = row
+    return out
+
+
 def run(
     task: str,
     out: Path,
@@ -306,6 +331,7 @@ def run(
             results["runs"] = runs
             results["summary"] = summarise(runs)
             results["wise_ft"] = wise_ft_rows(runs)
+            results["wise_ft_selected"] = wise_ft_selected(runs)
         results["wall_s"] = round(time.perf_counter() - t0, 1)
         (work / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
 
@@ -364,6 +390,7 @@ def merge(parts: list[Path], out: Path) -> list[Path]:
         merged["runs"] = runs
         merged["summary"] = summarise(runs)
         merged["wise_ft"] = wise_ft_rows(runs)
+        merged["wise_ft_selected"] = wise_ft_selected(runs)
         target = Path(out) / task / "results.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(merged, indent=2, default=float) + "\n")
@@ -495,6 +522,22 @@ def render_md(results: dict[str, Any], default_system: str | None = None) -> lis
         ]
         failed = f" ({row['failed']} failed)" if row.get("failed") else ""
         lines.append(f"| {title}{failed} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+    for name, row in (results.get("wise_ft_selected") or {}).items():
+        keys = [
+            "test/field/top1",
+            "test/field/top5",
+            "test/field/mrr",
+            None,
+            None,
+            "test/herbarium_only/top1",
+            "test/herbarium_only/mrr",
+            None,
+        ]
+        alphas = ", ".join(f"{a:g}" for a in row["alphas"])
+        lines.append(
+            f"| {SYSTEM_TITLES.get(name, name)}, WiSE-FT alpha chosen on validation per run ({alphas}; "
+            "`wise_ft_select`) | " + " | ".join(_cell(row.get(k)) if k else "-" for k in keys) + " |"
+        )
     sweeps = results.get("wise_ft") or {}
     if sweeps:
         lines += [

@@ -121,7 +121,7 @@ class ImageClassificationCustomParams(AutoTrainParams):
         None,
         gt=0,
         title="Inference temperature T (logits s*cos/T): null = fitted on the field validation photos when "
-        "there are some, else the measured default 2.0; it changes confidences, not the ranking",
+        "there are some, else the measured default 1.85; it changes confidences, not the ranking",
     )
     image_size: int | None = Field(
         None, ge=16, title="Input size in pixels (square); default: the backbone's pretraining size"

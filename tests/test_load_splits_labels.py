@@ -117,11 +117,8 @@ def test_image_folder_without_species_folders_is_a_data_input_error(tmp_path: Pa
 
 
 def test_trainer_cli_exits_2_with_one_line_for_a_folder_without_species(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_trainer_cli
 ) -> None:
-    from autotrain import logger
-    from autotrain.trainers.image_classification_custom.__main__ import main
-
     root = _imagefolder_without_species(tmp_path / "images")
     config = {
         "project_name": "proj",
@@ -130,28 +127,14 @@ def test_trainer_cli_exits_2_with_one_line_for_a_folder_without_species(
         "image_size": 32,
         "epochs": 1,
     }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    monkeypatch.setenv("PAUSE_ON_FAILURE", "0")
-    monkeypatch.chdir(tmp_path)
-    messages: list[tuple[str, str]] = []
-    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main(["--training_config", str(tmp_path / "config.json")])
-    finally:
-        logger.remove(sink)
-    assert exc.value.code == 2
+    code, messages = run_trainer_cli(config)
+    assert code == 2
     level, last = messages[-1]
     assert level == "ERROR" and "\n" not in last
     assert f"{root / 'train'}: 3 image(s) not inside a species folder" in last and "Traceback" not in last
     assert not any("Traceback" in text for _, text in messages)  # no traceback without --debug
-    messages.clear()
-    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
-    try:
-        with pytest.raises(SystemExit):
-            main(["--training_config", str(tmp_path / "config.json"), "--debug"])
-    finally:
-        logger.remove(sink)
+    code, messages = run_trainer_cli(config, "--debug")
+    assert code == 2
     assert any(lvl == "DEBUG" and "Traceback" in text for lvl, text in messages[:-1])  # --debug logs it
 
 

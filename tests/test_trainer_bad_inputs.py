@@ -4,7 +4,6 @@ that names the file and what to do."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -51,12 +50,9 @@ def test_symlinks_leading_outside_the_folder_are_left_out_and_named(tmp_path: Pa
     assert len(data.train) == 7 and names.count("inside.jpg") == 1
 
 
-def _run_cli(
-    tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, list[tuple[str, str]]]:
-    from autotrain import logger
-    from autotrain.trainers.image_classification_custom.__main__ import main
-
+def test_a_text_file_named_jpg_is_one_line_and_exit_2(tmp_path: Path, run_trainer_cli) -> None:
+    root = _image_folder(tmp_path / "DATA")
+    (root / "train" / "Annona glabra" / "notes.jpg").write_text("collector: J. Smith\n")
     config = {
         "project_name": "proj",
         "data_path": str(root),
@@ -66,25 +62,7 @@ def _run_cli(
         "dataloader_num_workers": 0,
         "tsne": False,
     }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    monkeypatch.setenv("PAUSE_ON_FAILURE", "0")
-    monkeypatch.chdir(tmp_path)
-    messages: list[tuple[str, str]] = []
-    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main(["--training_config", str(tmp_path / "config.json")])
-    finally:
-        logger.remove(sink)
-    return exc.value.code, messages
-
-
-def test_a_text_file_named_jpg_is_one_line_and_exit_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = _image_folder(tmp_path / "DATA")
-    (root / "train" / "Annona glabra" / "notes.jpg").write_text("collector: J. Smith\n")
-    code, messages = _run_cli(tmp_path, root, monkeypatch)
+    code, messages = run_trainer_cli(config)
     assert code == 2
     level, last = messages[-1]
     assert level == "ERROR" and "\n" not in last, last

@@ -20,8 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MODELING = HERE.parent / "autotrain" / "trainers" / "image_classification_custom" / "modeling_arcface.py"
 # The image policy shared with data_prep and the trainer (Pillow and numpy only): the app imports it
-# as ``data_prep.images``, so the Space carries it in a ``data_prep`` package of its own.
-IMAGE_POLICY = HERE.parent / "data_prep" / "images.py"
+# as ``data_prep.images``, so the Space carries it (and the content-type sniffing it imports) in a
+# ``data_prep`` package of its own.
+IMAGE_POLICY = (HERE.parent / "data_prep" / "images.py", HERE.parent / "data_prep" / "filetype.py")
 APP_MODULES = (
     "__init__.py",
     "app.py",
@@ -59,9 +60,10 @@ def export_space(out: Path, model_id: str | None = None, reference: str | None =
     policy = out / "data_prep"
     policy.mkdir(exist_ok=True)
     (policy / "__init__.py").write_text(
-        '"""The image policy of the herbarium project (data_prep/images.py)."""\n'
+        '"""The image policy of the herbarium project (data_prep/images.py, data_prep/filetype.py)."""\n'
     )
-    shutil.copyfile(IMAGE_POLICY, policy / "images.py")
+    for source in IMAGE_POLICY:
+        shutil.copyfile(source, policy / source.name)
     shutil.copyfile(HERE / "requirements.txt", out / "requirements.txt")
     shutil.copyfile(HERE / "README.md", out / "README.md")
     defaults = "".join(

@@ -249,6 +249,13 @@ def _domains(dataset, column: str, split: str) -> np.ndarray | None:
     return np.asarray([DOMAIN_NAMES.index(v) for v in values], dtype=np.int64)
 
 
+def _warn(notes: list[str], note: str) -> None:
+    """A data note of :func:`load_splits`: a Python warning (for the caller), the log, and ``notes``."""
+    warnings.warn(note, stacklevel=3)
+    logger.warning(note)
+    notes.append(note)
+
+
 def load_splits(
     data_path: str,
     train_split: str = "train",
@@ -293,9 +300,7 @@ def load_splits(
     if kind == "imagefolder":
         dd, note = _leave_out_links_outside(dd, data_path, image_column)
         if note:
-            warnings.warn(note, stacklevel=2)
-            logger.warning(note)
-            notes.append(note)
+            _warn(notes, note)
         _check_imagefolder(dd, data_path, target_column)
     splits = list(dd.keys())
     if train_split not in dd:
@@ -308,9 +313,7 @@ def load_splits(
         if valid_split_required:
             raise ValueError(message)
         note = f"{message}: training without validation (no early stopping, last epoch kept)"
-        warnings.warn(note, stacklevel=2)
-        logger.warning(note)
-        notes.append(note)
+        _warn(notes, note)
         valid_split = None
     if test_split is not None and test_split not in dd:
         if test_split_required:
@@ -326,15 +329,11 @@ def load_splits(
             f"validation split {valid_split!r} is empty in {data_path!r}: training without validation, so "
             "no epoch selection (the last epoch is kept) and no early stopping"
         )
-        warnings.warn(note, stacklevel=2)
-        logger.warning(note)
-        notes.append(note)
+        _warn(notes, note)
         valid_split = None
     if test_split is not None and len(dd[test_split]) == 0:
         note = f"test split {test_split!r} is empty in {data_path!r}: skipped, no test metrics"
-        warnings.warn(note, stacklevel=2)
-        logger.warning(note)
-        notes.append(note)
+        _warn(notes, note)
         test_split = None
 
     train = dd[train_split]
@@ -368,9 +367,7 @@ def load_splits(
             f"domain_column {domain_column!r} not in {data_path!r} ({kind}): every image is treated as a "
             "field photo; per-domain metrics and class_domain_balanced sampling degrade to class-level"
         )
-        warnings.warn(note, stacklevel=2)
-        logger.warning(note)
-        notes.append(note)
+        _warn(notes, note)
 
     left_out: dict[str, int] = {}  # evaluation split -> images of dropped classes
     eval_only: set[str] = set()  # string labels found only in an evaluation split
@@ -411,9 +408,7 @@ def load_splits(
             + (f"; {evaluated}" if evaluated else "")
             + (f"; split(s) {', '.join(emptied)} left empty and skipped" if emptied else "")
         )
-        warnings.warn(note, stacklevel=2)
-        logger.warning(note)
-        notes.append(note)
+        _warn(notes, note)
     return PreparedData(
         class_names=class_names,
         train=train_data,

@@ -749,7 +749,12 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
         apply_wise_ft(model, start_weights, tuned, alpha)
         if alpha < 1.0:
             logger.info(f"WiSE-FT: saved weights = {1 - alpha:g} x start + {alpha:g} x fine-tuned")
-    calibration = calibrate(model, config, data.validation, eval_images, eval_kwargs)
+    # each evaluation split embedded once, at T = 1: the temperature is fitted on these logits and the
+    # reports divide them by it (the same numbers as embedding again with T set)
+    model.set_logit_temperature(1.0)
+    raw = {split.name: _embed_split(model, eval_images[split.name], **eval_kwargs) for split in evaluated}
+    calibration = calibrate(model, config, data.validation, raw)
+    temperature = model.config.logit_temperature
     logger.info("Finished training, saving the model folder...")
     save_arcface_model(model, project)
     summary: dict[str, Any] = {
@@ -765,7 +770,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     embeddings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     reliability: dict[str, list[dict[str, float]]] = {}
     for split in evaluated:
-        emb, logits = _embed_split(model, eval_images[split.name], **eval_kwargs)
+        emb, logits = raw[split.name][0], raw[split.name][1] / temperature
         summary[split.name] = M.evaluation_report(logits, split.labels, split.domains, class_has_field)
         field = split.domains == FIELD
         reliability[split.name] = M.reliability_bins(logits[field], split.labels[field])
@@ -880,9 +885,10 @@ def select_wise_ft_alpha(model, start, tuned, validation, images, eval_kwargs) -
     }
 
 
-def calibrate(model, config, validation, eval_images, eval_kwargs) -> dict[str, Any]:
-    """Set the inference temperature: ``config.temperature``, else fitted on the field validation photos,
-    else :data:`FALLBACK_TEMPERATURE`. Returns what was done (for ``metrics.json`` and the card)."""
+def calibrate(model, config, validation, raw: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Set the inference temperature: ``config.temperature``, else fitted on the field validation photos
+    (their logits at T = 1 in ``raw[validation.name]``), else :data:`FALLBACK_TEMPERATURE`. Returns what
+    was done (for ``metrics.json`` and the card)."""
     if config.temperature is not None:
         model.set_logit_temperature(config.temperature)
         return {"temperature": config.temperature, "source": "config"}
@@ -897,8 +903,7 @@ def calibrate(model, config, validation, eval_images, eval_kwargs) -> dict[str, 
             "temperature": FALLBACK_TEMPERATURE,
             "source": "the default: no field validation photos to fit it on",
         }
-    model.set_logit_temperature(1.0)
-    _, logits = _embed_split(model, eval_images[validation.name][field], **eval_kwargs)
+    logits = raw[validation.name][1][field]
     labels = validation.labels[field]
     temperature = M.fit_temperature(logits, labels)
     model.set_logit_temperature(temperature)

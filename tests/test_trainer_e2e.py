@@ -202,7 +202,12 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
             proc.kill()
         log.close()
     assert not (project / "metrics.json").exists()
-    checkpoints = sorted(project.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # the newest *complete* checkpoint: the kill can land while a later one is half written, and
+    # resume_from_checkpoint skips such a folder (no trainer_state.json)
+    checkpoints = sorted(
+        (p for p in project.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     step = int(checkpoints[-1].name.split("-")[1])
 
     result = _run(tmp_path, {**config, "resume_from_checkpoint": True})

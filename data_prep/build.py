@@ -23,16 +23,17 @@ from typing import Any
 
 import datasets
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Image, Value, load_from_disk
+from datasets import Dataset, DatasetDict, DatasetInfo, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from data_prep.contract import DOMAINS, dataset_features, is_saved_dataset_dict
 from data_prep.figures import save_balance_figure
 from data_prep.filetype import describe_file, scrub_detail
 from data_prep.findings import FIXED, IGNORED, SKIPPED, Finding
-from data_prep.layouts import DOMAINS, DataPrepError, Entry, discover
+from data_prep.layouts import DataPrepError, Discovery, Entry, discover
 from data_prep.report import format_summary, make_report
-from data_prep.splits import VALIDATION_RULE, choose_validation, deduplicate
+from data_prep.splits import choose_validation, deduplicate
 from data_prep.validate import ProcessResult, process_image
 
 REPORT_NAME = "prep_report.json"
@@ -48,16 +49,8 @@ class StrictModeError(DataPrepError):
         super().__init__(f"--strict: {len(report['findings'])} finding(s): {report['finding_counts']}")
 
 
-def create_features(classes: list[str]) -> Features:
-    """The dataset schema shared by every stage (see docs/CONTRACTS.md)."""
-    return Features(
-        {
-            "image": Image(),
-            "label": ClassLabel(names=list(classes)),
-            "domain": ClassLabel(names=list(DOMAINS)),
-            "path": Value("string"),
-        }
-    )
+#: The dataset schema, under the name data_prep has always exported (it is ``contract.dataset_features``).
+create_features = dataset_features
 
 
 def default_num_proc() -> int:
@@ -79,7 +72,7 @@ def _process_all(files: list[str], num_proc: int, progress: bool, **kwargs: Any)
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / "dataset_dict.json").is_file():
+    if out.exists() and any(out.iterdir()) and not is_saved_dataset_dict(out):
         raise DataPrepError(
             f"output folder {out} exists and does not hold an earlier build; choose another --out"
         )
@@ -130,56 +123,64 @@ def build_dataset(
     disc = discover(source, layout)
     if not disc.entries:
         raise DataPrepError(f"no image files found in {disc.root} ({disc.layout} layout)")
-    classes = disc.classes
-    features = create_features(classes)
-    findings: list[Finding] = list(disc.findings)
     options = {"max_side": max_side, "min_side": min_side, "quality": quality}
     settings = options | {"val_fraction": val_fraction, "seed": seed}
-    num_proc = num_proc or default_num_proc()
-
-    tmp_parent = out_path.parent if out_path is not None else None
-    if tmp_parent is not None:
-        tmp_parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=tmp_parent))
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=out_path.parent if out_path is not None else None))
     try:
-        kept, digests, nbytes, stats, fixes = _validate_into_arrow(
-            disc.entries, tmp / "all.arrow", features, num_proc, progress, findings, options
+        dsd, report, shards = _build_in(
+            tmp, disc, out_path, settings, num_proc or default_num_proc(), progress
         )
-        split_idx = _assign_splits(kept, digests, disc.entries, val_fraction, seed, findings)
-        # fixes only for the files that stay: a fixed file dropped as a duplicate has one outcome, "skipped"
-        stays = {i for idx in split_idx.values() for i in idx}
-        findings += [f for i in sorted(stays) for f in fixes[i]]
-        used = _label_findings(classes, kept, split_idx, findings)
-
-        all_rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out_path is None)
-        if used and used != classes:  # classes whose every file was skipped leave the label set
-            new_id = {c: i for i, c in enumerate(used)}
-            classes, features = used, create_features(used)
-            all_rows = _relabel(all_rows, [new_id.get(e.label, -1) for e in kept], features)
-        dsd = DatasetDict({name: all_rows.select(idx) for name, idx in split_idx.items()})
-        rows = {name: [(kept[i].label, kept[i].domain) for i in idx] for name, idx in split_idx.items()}
-        seconds = time.perf_counter() - start
-        stats |= {"seconds": round(seconds, 3), "images_per_s": round(len(disc.entries) / seconds, 1)}
-        stats["ignored_system_files"] = disc.ignored_files
-        report = make_report(
-            source=str(disc.root),
-            layout=disc.layout,
-            out=str(out_path) if out_path is not None else None,
-            classes=classes,
-            rows=rows,
-            findings=findings,
-            settings=settings,
-            stats=stats,
-            validation_rule=VALIDATION_RULE,
-        )
+        report["stats"] |= _timing(start, len(disc.entries))
         if out_path is not None:
-            shards = {name: 1 + sum(nbytes[i] for i in idx) // SHARD_BYTES for name, idx in split_idx.items()}
             dsd = _save(dsd, out_path, tmp, report, progress, shards)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if strict and report["findings"]:
         raise StrictModeError(report)
     return dsd, report
+
+
+def _timing(start: float, n_files: int) -> dict[str, float]:
+    """Seconds since ``start`` and files per second, for the report's ``stats``."""
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "images_per_s": round(n_files / seconds, 1)}
+
+
+def _build_in(
+    tmp: Path, disc: Discovery, out: Path | None, settings: dict[str, Any], num_proc: int, progress: bool
+) -> tuple[DatasetDict, dict[str, Any], dict[str, int]]:
+    """Validate every file into ``tmp/all.arrow``, draw the splits and assemble the report (nothing saved).
+
+    Returns:
+        ``(dataset_dict, report, shards)``: ``shards`` is each split's number of ``save_to_disk``
+        shards, from the stored image bytes.
+    """
+    classes = disc.classes
+    findings: list[Finding] = list(disc.findings)
+    options = {key: settings[key] for key in ("max_side", "min_side", "quality")}
+    kept, digests, nbytes, stats, fixes = _validate_into_arrow(
+        disc.entries, tmp / "all.arrow", dataset_features(classes), num_proc, progress, findings, options
+    )
+    split_idx = _assign_splits(
+        kept, digests, disc.entries, settings["val_fraction"], settings["seed"], findings
+    )
+    # fixes only for the files that stay: a fixed file dropped as a duplicate has one outcome, "skipped"
+    stays = {i for idx in split_idx.values() for i in idx}
+    findings += [f for i in sorted(stays) for f in fixes[i]]
+    used = _label_findings(classes, kept, split_idx, findings)
+    all_rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out is None)
+    if used and used != classes:  # classes whose every file was skipped leave the label set
+        new_id = {c: i for i, c in enumerate(used)}
+        classes = used
+        all_rows = _relabel(all_rows, [new_id.get(e.label, -1) for e in kept], dataset_features(used))
+    dsd = DatasetDict({name: all_rows.select(idx) for name, idx in split_idx.items()})
+    rows = {name: [(kept[i].label, kept[i].domain) for i in idx] for name, idx in split_idx.items()}
+    stats["ignored_system_files"] = disc.ignored_files
+    report = make_report(disc, out, classes, rows, findings, settings=settings, stats=stats)
+    shards = {name: 1 + sum(nbytes[i] for i in idx) // SHARD_BYTES for name, idx in split_idx.items()}
+    return dsd, report, shards
 
 
 def _label_findings(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from data_prep.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_PIXELS_ENV
 from data_prep.layouts import LAYOUTS, DataPrepError
@@ -47,7 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_sample_command(sub)
+    _add_build_command(sub)
+    return parser
 
+
+def _add_sample_command(sub: argparse._SubParsersAction) -> None:
+    """``sample``: write the embedded synthetic dataset."""
     s = sub.add_parser(
         "sample",
         help="write the embedded synthetic herbarium + field dataset (folders layout)",
@@ -77,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_build_command(sub: argparse._SubParsersAction) -> None:
+    """``build``: input layout -> validated DatasetDict (and optionally a Hub push)."""
     b = sub.add_parser(
         "build",
         help="build, validate and save the DatasetDict",
@@ -131,26 +142,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+
+
+# options passed on by name: the parser's dest names are the functions' keyword names
+_SAMPLE_OPTIONS = ("seed", "n_species", "n_herbarium", "n_field", "n_test", "no_field_every", "overwrite")
+_BUILD_OPTIONS = ("val_fraction", "max_side", "min_side", "quality", "num_proc", "seed", "strict")
+
+
+def _options(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names}
 
 
 def _sample(args: argparse.Namespace) -> int:
     from data_prep.sample import generate_sample
 
-    out = generate_sample(
-        args.out,
-        seed=args.seed,
-        n_species=args.n_species,
-        n_herbarium=args.n_herbarium,
-        n_field=args.n_field,
-        n_test=args.n_test,
-        no_field_every=args.no_field_every,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    out = generate_sample(args.out, progress=not args.quiet, **_options(args, _SAMPLE_OPTIONS))
     n = sum(1 for p in out.rglob("*.jpg"))
     print(f"wrote {n} images to {out}")
     return 0
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """``IMAGE_MAX_PIXELS`` set to ``max_pixels`` inside the block (None: unchanged).
+
+    The limit is shared with the trainer and the app through the environment, which is also how the
+    worker processes of the build read it.
+    """
+    if not max_pixels:
+        yield
+        return
+    saved = os.environ.get(MAX_PIXELS_ENV)
+    os.environ[MAX_PIXELS_ENV] = str(max_pixels)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(MAX_PIXELS_ENV, None)
+        else:
+            os.environ[MAX_PIXELS_ENV] = saved
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -158,47 +188,32 @@ def _build(args: argparse.Namespace) -> int:
     from data_prep.report import format_summary
 
     out = args.out or Path(args.project_name) / "autotrain-data"
-    if args.max_pixels:  # the shared limit: worker processes read it from the environment
-        saved = os.environ.get(MAX_PIXELS_ENV)
-        os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)
-        try:
-            return _build(argparse.Namespace(**{**vars(args), "max_pixels": None}))
-        finally:
-            if saved is None:
-                os.environ.pop(MAX_PIXELS_ENV, None)
-            else:
-                os.environ[MAX_PIXELS_ENV] = saved
     try:
-        dsd, report = build_dataset(
-            args.source,
-            out,
-            args.layout,
-            val_fraction=args.val_fraction,
-            max_side=args.max_side,
-            min_side=args.min_side,
-            quality=args.quality,
-            num_proc=args.num_proc,
-            seed=args.seed,
-            strict=args.strict,
-            progress=not args.quiet,
-        )
+        with _pixel_limit(args.max_pixels):
+            dsd, report = build_dataset(
+                args.source, out, args.layout, progress=not args.quiet, **_options(args, _BUILD_OPTIONS)
+            )
     except StrictModeError as exc:
         print(format_summary(exc.report))
         print(f"error: {exc} (report: {out}/prep_report.json)", file=sys.stderr)
         return 1
     print(format_summary(report))
-    if args.push_to_hub:
-        from data_prep.hub import push_dataset
+    return _push(args, dsd, report, out / FIGURE_NAME) if args.push_to_hub else 0
 
-        try:
-            url = push_dataset(dsd, args.push_to_hub, report, out / FIGURE_NAME, private=not args.public)
-        except OSError as exc:  # network and Hub HTTP errors (HfHubHTTPError is an OSError)
-            print(
-                f"error: push to {args.push_to_hub} failed ({type(exc).__name__}: {exc}); saved in {out}",
-                file=sys.stderr,
-            )
-            return 2
-        print(f"pushed to {url} ({'public' if args.public else 'private'})")
+
+def _push(args: argparse.Namespace, dsd: Any, report: dict[str, Any], figure: Path) -> int:
+    """Push the built dataset to ``--push-to-hub``; 2 with a one-line message when the push fails."""
+    from data_prep.hub import push_dataset
+
+    try:
+        url = push_dataset(dsd, args.push_to_hub, report, figure, private=not args.public)
+    except OSError as exc:  # network and Hub HTTP errors (HfHubHTTPError is an OSError)
+        print(
+            f"error: push to {args.push_to_hub} failed ({type(exc).__name__}: {exc}); saved in {figure.parent}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"pushed to {url} ({'public' if args.public else 'private'})")
     return 0
 
 

@@ -69,10 +69,14 @@ def dataset_features(classes: list[str]) -> Features:
     )
 
 
+def is_saved_dataset_dict(path: str | Path) -> bool:
+    """True when ``path`` holds a ``DatasetDict`` written by ``save_to_disk`` (what ``data_prep build`` writes)."""
+    return (Path(path) / "dataset_dict.json").is_file()
+
+
 def is_saved_dataset(path: str | Path) -> bool:
     """True when ``path`` is a folder written by ``datasets``' ``save_to_disk`` (dict or single split)."""
-    path = Path(path)
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    return is_saved_dataset_dict(path) or (Path(path) / "state.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from data_prep.contract import SPLITS
+from data_prep.discovery import Discovery
 from data_prep.findings import FIXED, REASONS, SKIPPED, Finding
-
-SPLITS = ("train", "validation", "test")
+from data_prep.splits import VALIDATION_RULE
 
 
 def per_class_counts(classes: list[str], rows: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, int]]:
@@ -53,18 +55,26 @@ def validation_split_summary(per_class: dict[str, dict[str, int]], val_fraction:
 
 
 def make_report(
-    *,
-    source: str,
-    layout: str,
-    out: str | None,
+    discovery: Discovery,
+    out: Path | None,
     classes: list[str],
     rows: dict[str, list[tuple[str, str]]],
     findings: list[Finding],
+    *,
     settings: dict[str, Any],
     stats: dict[str, Any],
-    validation_rule: str,
 ) -> dict[str, Any]:
-    """Assemble the JSON-serialisable report written to ``<out>/prep_report.json``."""
+    """Assemble the JSON-serialisable report written to ``<out>/prep_report.json``.
+
+    Args:
+        discovery: what was read (its root and layout are reported).
+        out: the output folder (None: nothing written).
+        classes: the label names, in label order.
+        rows: ``{split: [(label, domain), ...]}`` of the dataset's rows.
+        findings: every finding, in report order.
+        settings: the build options (``val_fraction``, ``max_side``, ...).
+        stats: counters and timings.
+    """
     per_class = per_class_counts(classes, rows)
     counts = {
         split: dict(Counter(domain for _, domain in rows[split]) | {"total": len(rows[split])})
@@ -72,9 +82,9 @@ def make_report(
         if split in rows
     }
     return {
-        "source": source,
-        "layout": layout,
-        "out": out,
+        "source": str(discovery.root),
+        "layout": discovery.layout,
+        "out": str(out) if out is not None else None,
         "settings": settings,
         "classes": classes,
         "num_classes": len(classes),
@@ -89,7 +99,7 @@ def make_report(
         "classes_left_out": [f.path for f in findings if f.reason == "class_without_images"],
         "balance": balance_figures(per_class),
         "validation_split": validation_split_summary(per_class, settings.get("val_fraction")),
-        "validation_rule": validation_rule,
+        "validation_rule": VALIDATION_RULE,
         "findings": [f.to_dict() for f in findings],
         "finding_counts": dict(sorted(Counter(f.reason for f in findings).items())),
         "skipped": sum(f.action == SKIPPED for f in findings),

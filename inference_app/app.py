@@ -169,6 +169,122 @@ def analyse_photos(
     return result, embeddings
 
 
+class _Handlers:
+    """The UI's event handlers (each is an API endpoint: ``/identify``, ``/place_on_map``, ``/reference_map``)."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        index: ReferenceIndex | None,
+        renderer: MapRenderer | None,
+        taxonomy: Taxonomy | None,
+        settings: AppSettings,
+    ):
+        self.predictor, self.index, self.renderer = predictor, index, renderer
+        self.taxonomy, self.settings = taxonomy, settings
+        self.thumbnail = lru_cache(maxsize=512)(index.thumbnail) if index is not None else None
+
+    def predict(self, photos):
+        """Photos of one plant -> status text, top-k species, genus, family, neighbours, embeddings."""
+        result, embeddings = analyse_photos(
+            self.predictor, _photo_paths(photos), self.settings, self.taxonomy
+        )
+        neighbours = []
+        if self.index is not None:
+            plant = embeddings.mean(axis=0)
+            for n in self.index.neighbours(plant, self.settings.n_neighbours):
+                caption = f"{n.species} · {n.domain} · similarity {n.similarity:.2f}"
+                neighbours.append((self.thumbnail(n.index), caption))
+        return (
+            result.summary_markdown(),
+            _label_value(result.species),
+            _label_value(result.genus),
+            _label_value(result.family),
+            neighbours,
+            embeddings,
+        )
+
+    def place_on_map(self, embeddings):
+        """The reference map with the last identified photos placed on it (stars)."""
+        if self.renderer is None:
+            return None
+        if embeddings is None or len(embeddings) == 0:
+            return self.renderer.base
+        return self.renderer.place(np.asarray(embeddings))
+
+    def reference_map(self):
+        """The reference map without query photos (shown on page load)."""
+        return self.renderer.base if self.renderer is not None else None
+
+
+def _model_info(predictor: Predictor, index: ReferenceIndex | None, taxonomy, settings: AppSettings) -> str:
+    n_ref = f"{len(index)} reference images" if index is not None else "no reference set"
+    return (
+        f"Model: `{predictor.model_dir.name if predictor.model_dir else 'in memory'}` · "
+        f"{predictor.num_classes} species · {n_ref} · confidence threshold {settings.threshold:.0%}"
+        + (f" · taxonomy: {taxonomy.source}" if taxonomy else "")
+    )
+
+
+def _photo_column(settings: AppSettings) -> tuple[gr.Gallery, gr.Button]:
+    """The upload gallery, the Identify button and the examples."""
+    with gr.Column(scale=1):
+        photos = gr.Gallery(
+            label=f"Photos of one plant (up to {MAX_PHOTOS})",
+            type="filepath",
+            file_types=["image"],
+            interactive=True,
+            columns=3,
+            height=300,
+            elem_id="photos",
+        )
+        button = gr.Button("Identify", variant="primary", elem_id="identify")
+        if settings.examples:
+            gr.Examples(
+                examples=[[[str(path)]] for path in settings.examples],
+                inputs=[photos],
+                label="Examples from the reference set",
+            )
+    return photos, button
+
+
+def _answer_column(settings: AppSettings, taxonomy: Taxonomy | None) -> list[gr.components.Component]:
+    """The status text and the species, genus and family rankings."""
+    with gr.Column(scale=1):
+        status = gr.Markdown("Upload photos and press **Identify**.", elem_id="status")
+        ranks = [
+            gr.Label(num_top_classes=settings.top_k, label=rank.title(), visible=visible, elem_id=rank)
+            for rank, visible in (
+                ("species", True),
+                ("genus", taxonomy is not None),
+                ("family", taxonomy is not None and taxonomy.has_family),
+            )
+        ]
+    return [status, *ranks]
+
+
+def _result_tabs(settings: AppSettings, has_index: bool, has_map: bool) -> tuple[gr.Gallery, gr.Plot]:
+    """The nearest-specimens gallery and the t-SNE map, each with its explanation when absent."""
+    with gr.Tabs():
+        with gr.Tab("Nearest reference specimens"):
+            if not has_index:
+                gr.Markdown(NO_REFERENCE_TEXT)
+            neighbours = gr.Gallery(
+                label="Most similar reference specimens (cosine similarity of embeddings)",
+                columns=settings.n_neighbours,
+                height=320,
+                format="jpeg",
+                interactive=False,
+                visible=has_index,
+                elem_id="neighbours",
+            )
+        with gr.Tab("t-SNE map"):
+            if not has_map:
+                gr.Markdown(NO_MAP_TEXT, elem_id="no-map")
+            plot = gr.Plot(label="Reference embeddings (t-SNE)", visible=has_map, elem_id="map")
+    return neighbours, plot
+
+
 def build_demo(
     predictor: Predictor,
     index: ReferenceIndex | None = None,
@@ -184,111 +300,26 @@ def build_demo(
     """
     settings = settings or AppSettings()
     renderer = MapRenderer(tsne_map, index) if (tsne_map is not None and index is not None) else None
-
-    @lru_cache(maxsize=512)
-    def thumbnail(i: int):
-        return index.thumbnail(i)
-
-    def predict(photos):
-        """Photos of one plant -> status text, top-k species, genus, family, neighbours, embeddings."""
-        result, embeddings = analyse_photos(predictor, _photo_paths(photos), settings, taxonomy)
-        neighbours = []
-        if index is not None:
-            plant = embeddings.mean(axis=0)
-            for n in index.neighbours(plant, settings.n_neighbours):
-                caption = f"{n.species} · {n.domain} · similarity {n.similarity:.2f}"
-                neighbours.append((thumbnail(n.index), caption))
-        return (
-            result.summary_markdown(),
-            _label_value(result.species),
-            _label_value(result.genus),
-            _label_value(result.family),
-            neighbours,
-            embeddings,
-        )
-
-    def place_on_map(embeddings):
-        """The reference map with the last identified photos placed on it (stars)."""
-        if renderer is None:
-            return None
-        if embeddings is None or len(embeddings) == 0:
-            return renderer.base
-        return renderer.place(np.asarray(embeddings))
-
-    def reference_map():
-        return renderer.base if renderer is not None else None
-
-    n_ref = f"{len(index)} reference images" if index is not None else "no reference set"
+    handlers = _Handlers(predictor, index, renderer, taxonomy, settings)
     with gr.Blocks(title=settings.title, analytics_enabled=False, delete_cache=settings.delete_cache) as demo:
         gr.Markdown(f"# {settings.title}\n{INTRO}")
-        gr.Markdown(
-            f"Model: `{predictor.model_dir.name if predictor.model_dir else 'in memory'}` · "
-            f"{predictor.num_classes} species · {n_ref} · confidence threshold {settings.threshold:.0%}"
-            + (f" · taxonomy: {taxonomy.source}" if taxonomy else ""),
-            elem_id="model-info",
-        )
+        gr.Markdown(_model_info(predictor, index, taxonomy, settings), elem_id="model-info")
         with gr.Row():
-            with gr.Column(scale=1):
-                photos = gr.Gallery(
-                    label=f"Photos of one plant (up to {MAX_PHOTOS})",
-                    type="filepath",
-                    file_types=["image"],
-                    interactive=True,
-                    columns=3,
-                    height=300,
-                    elem_id="photos",
-                )
-                button = gr.Button("Identify", variant="primary", elem_id="identify")
-                if settings.examples:
-                    gr.Examples(
-                        examples=[[[str(path)]] for path in settings.examples],
-                        inputs=[photos],
-                        label="Examples from the reference set",
-                    )
-            with gr.Column(scale=1):
-                status = gr.Markdown("Upload photos and press **Identify**.", elem_id="status")
-                species = gr.Label(num_top_classes=settings.top_k, label="Species", elem_id="species")
-                genus = gr.Label(
-                    num_top_classes=settings.top_k,
-                    label="Genus",
-                    visible=taxonomy is not None,
-                    elem_id="genus",
-                )
-                family = gr.Label(
-                    num_top_classes=settings.top_k,
-                    label="Family",
-                    visible=taxonomy is not None and taxonomy.has_family,
-                    elem_id="family",
-                )
-        with gr.Tabs():
-            with gr.Tab("Nearest reference specimens"):
-                if index is None:
-                    gr.Markdown(NO_REFERENCE_TEXT)
-                neighbours = gr.Gallery(
-                    label="Most similar reference specimens (cosine similarity of embeddings)",
-                    columns=settings.n_neighbours,
-                    height=320,
-                    format="jpeg",
-                    interactive=False,
-                    visible=index is not None,
-                    elem_id="neighbours",
-                )
-            with gr.Tab("t-SNE map"):
-                if renderer is None:
-                    gr.Markdown(NO_MAP_TEXT, elem_id="no-map")
-                plot = gr.Plot(
-                    label="Reference embeddings (t-SNE)", visible=renderer is not None, elem_id="map"
-                )
+            photos, button = _photo_column(settings)
+            answers = _answer_column(settings, taxonomy)
+        neighbours, plot = _result_tabs(settings, index is not None, renderer is not None)
         embeddings_state = gr.State(None)
 
         event = button.click(
-            predict,
+            handlers.predict,
             inputs=[photos],
-            outputs=[status, species, genus, family, neighbours, embeddings_state],
+            outputs=[*answers, neighbours, embeddings_state],
             api_name="identify",
         )
-        event.success(place_on_map, inputs=[embeddings_state], outputs=[plot], api_name="place_on_map")
-        demo.load(reference_map, outputs=[plot], api_name="reference_map")
+        event.success(
+            handlers.place_on_map, inputs=[embeddings_state], outputs=[plot], api_name="place_on_map"
+        )
+        demo.load(handlers.reference_map, outputs=[plot], api_name="reference_map")
     return demo
 
 
@@ -298,10 +329,19 @@ def _env(name: str, default=None):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The app's options; on a Space they come from environment variables (``MODEL_ID``, ``REFERENCE``, ...)."""
     parser = argparse.ArgumentParser(
         prog="python inference_app/app.py",
         description="Identify plants from field photos with a trained herbarium-to-field ArcFace model.",
     )
+    _add_data_options(parser)
+    _add_answer_options(parser)
+    _add_server_options(parser)
+    return parser.parse_args(argv)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Model, reference set and taxonomy."""
     parser.add_argument(
         "--model",
         default=_env("MODEL_ID", DEFAULT_MODEL),
@@ -325,6 +365,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=_env("GENUS_FROM_NAME", "0") in ("1", "true", "True"),
         help="take the genus as the first word of binomial species names (fills gaps in --taxonomy)",
     )
+    parser.add_argument("--cache-dir", default=None, help="where reference embeddings and the map are cached")
+
+
+def _add_answer_options(parser: argparse.ArgumentParser) -> None:
+    """What an answer shows, and which photos are accepted."""
     parser.add_argument(
         "--threshold",
         type=float,
@@ -344,6 +389,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how several photos are combined: mean of probabilities (robust to one bad photo, default) "
         "or mean of log-probabilities (independent evidence)",
     )
+    limits = (  # (flag, default, help): checked before decoding, the same limits as data_prep's
+        ("--max-pixels", default_max_pixels(), "refuse images with more pixels (env IMAGE_MAX_PIXELS"),
+        (
+            "--min-side",
+            int(_env("MIN_SIDE", DEFAULT_MIN_SIDE)),
+            "refuse a shorter side below this (env MIN_SIDE",
+        ),
+    )
+    for flag, default, text in limits:
+        help_text = f"{text}; shared with data_prep and the trainer; default %(default)s)"
+        parser.add_argument(flag, type=int, default=default, help=help_text)
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Address, limits and threads of the server."""
     parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "127.0.0.1"), help="default %(default)s")
     parser.add_argument("--port", type=int, default=int(_env("PORT", _env("GRADIO_SERVER_PORT", 7860))))
     parser.add_argument(
@@ -355,20 +415,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=int(_env("KEEP_UPLOADS", KEEP_UPLOADS_S)),
         help="seconds an upload stays in Gradio's cache before it is deleted (swept every 5 minutes, and "
         "all at shutdown; env KEEP_UPLOADS; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=default_max_pixels(),
-        help="refuse images with more pixels, before decoding (env IMAGE_MAX_PIXELS, shared with data_prep "
-        "and the trainer; default %(default)s)",
-    )
-    parser.add_argument(
-        "--min-side",
-        type=int,
-        default=int(_env("MIN_SIDE", DEFAULT_MIN_SIDE)),
-        help="refuse photos whose shorter side is below this many pixels (data_prep's --min-side; "
-        "default %(default)s)",
     )
     parser.add_argument(
         "--concurrency", type=int, default=2, help="requests computed at once (default %(default)s)"
@@ -384,8 +430,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="CPU threads per request (default: cores // concurrency, so that concurrent requests "
         "do not fight over the cores)",
     )
-    parser.add_argument("--cache-dir", default=None, help="where reference embeddings and the map are cached")
-    return parser.parse_args(argv)
 
 
 def load_components(args: argparse.Namespace):

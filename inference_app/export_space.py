@@ -19,10 +19,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODELING = HERE.parent / "autotrain" / "trainers" / "image_classification_custom" / "modeling_arcface.py"
+# The one t-SNE fit (openTSNE), shared with the trainer's model card: tsne_map.py imports the copy.
+EMBEDDING_MAP = MODELING.with_name("embedding_map.py")
 # The image policy shared with data_prep and the trainer (Pillow and numpy only): the app imports it
 # as ``data_prep.images``, so the Space carries it (and the content-type sniffing it imports) in a
 # ``data_prep`` package of its own.
-IMAGE_POLICY = (HERE.parent / "data_prep" / "images.py", HERE.parent / "data_prep" / "filetype.py")
+IMAGE_POLICY = tuple(
+    HERE.parent / "data_prep" / name
+    for name in ("images.py", "image_errors.py", "image_modes.py", "filetype.py", "contract.py")
+)
 APP_MODULES = (
     "__init__.py",
     "app.py",
@@ -57,10 +62,11 @@ def export_space(out: Path, model_id: str | None = None, reference: str | None =
         elif name == "__init__.py":
             (package / name).write_text("")
     shutil.copyfile(MODELING, package / "modeling_arcface.py")
+    shutil.copyfile(EMBEDDING_MAP, package / "embedding_map.py")
     policy = out / "data_prep"
     policy.mkdir(exist_ok=True)
     (policy / "__init__.py").write_text(
-        '"""The image policy of the herbarium project (data_prep/images.py, data_prep/filetype.py)."""\n'
+        '"""The image policy and the cross-stage contract of the herbarium project (copied from data_prep)."""\n'
     )
     for source in IMAGE_POLICY:
         shutil.copyfile(source, policy / source.name)

@@ -134,24 +134,23 @@ def identify(
         if taxonomy.has_family:
             family = taxonomy.rollup(labels, combined, "family")[:k]
 
-    level: Level = "uncertain"
-    answer, confidence = None, species[0][1]
-    if species[0][1] >= threshold:
-        level, answer = "species", species[0][0]
-    else:
-        for rank, ranked in (("genus", genus), ("family", family)):
-            if ranked and ranked[0][0] != UNLISTED and ranked[0][1] >= threshold:
-                level, answer, confidence = rank, ranked[0][0], ranked[0][1]  # type: ignore[assignment]
-                break
+    ranked = {"species": species, "genus": genus, "family": family}
+    photos = {"n_photos": probs.shape[0], "combine": combine, "skipped": list(skipped)}
     return Identification(
-        species=species,
-        level=level,
-        answer=answer,
-        confidence=confidence,
-        threshold=threshold,
-        genus=genus,
-        family=family,
-        n_photos=probs.shape[0],
-        combine=combine,
-        skipped=list(skipped),
+        **ranked, **_answer(species, genus, family, threshold), **photos, threshold=threshold
     )
+
+
+def _answer(
+    species: list[tuple[str, float]],
+    genus: list[tuple[str, float]],
+    family: list[tuple[str, float]],
+    threshold: float,
+) -> dict[str, object]:
+    """``level``, ``answer`` and ``confidence``: the finest rank whose best guess reaches ``threshold``."""
+    if species[0][1] >= threshold:
+        return {"level": "species", "answer": species[0][0], "confidence": species[0][1]}
+    for rank, ranked in (("genus", genus), ("family", family)):
+        if ranked and ranked[0][0] != UNLISTED and ranked[0][1] >= threshold:
+            return {"level": rank, "answer": ranked[0][0], "confidence": ranked[0][1]}
+    return {"level": "uncertain", "answer": None, "confidence": species[0][1]}

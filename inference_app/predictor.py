@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from data_prep.contract import is_hub_id
 from inference_app.identification import softmax
 from inference_app.images import ImageSource, open_model_image, resize_for_model
 
@@ -39,7 +40,6 @@ TRAIN_HINT = (
     "train it with `python -m autotrain.trainers.image_classification_custom --training_config config.json` "
     "(see the README), or pass --model PATH_OR_HUB_REPO_ID"
 )
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a model folder needs at inference time; the .py copy is deliberately not fetched.
 _HUB_PATTERNS = ["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json"]
 
@@ -91,7 +91,7 @@ def resolve_model_dir(
                 f"{path} has no config.json, so it is not a trained model folder: {TRAIN_HINT}"
             )
         return path
-    if not _REPO_ID.match(str(model)) or str(model).startswith((".", "/")):
+    if not is_hub_id(str(model), namespaced=True):  # a bare name is a missing local folder here
         raise ModelNotFoundError(f"model folder '{model}' does not exist: {TRAIN_HINT}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -134,8 +134,8 @@ class Preprocessing:
         """Read ``preprocessor_config.json`` when present; fall back to ``image_size``/mean/std in the config."""
         size = getattr(config, "image_size", None) or 224
         size = (size, size) if isinstance(size, int) else tuple(size)
-        mean = tuple(getattr(config, "image_mean", None) or (0.485, 0.456, 0.406))
-        std = tuple(getattr(config, "image_std", None) or (0.229, 0.224, 0.225))
+        mean = tuple(getattr(config, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
+        std = tuple(getattr(config, "image_std", None) or IMAGENET_DEFAULT_STD)
         resample, shortest_edge = Image.Resampling.BILINEAR, None
         processor_file = folder / "preprocessor_config.json"
         if processor_file.is_file():

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +27,25 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from data_prep.contract import (
+    DOMAIN_COLUMN,
+    DOMAIN_SYNONYMS,
+    DOMAINS,
+    FIELD,
+    IMAGE_COLUMN,
+    LABEL_COLUMN,
+    PATH_COLUMN,
+    is_hub_id,
+    is_saved_dataset,
+)
 from inference_app.images import load_image
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-DOMAIN_FOLDERS = {
-    "herbarium": "herbarium",
-    "field": "field",
-    "test": "field",
-    "photo": "field",
-    "photos": "field",
-}
+#: Folder names that give the domain: the contract's synonyms, and data_prep's ``test/`` (field photos).
+DOMAIN_FOLDERS = {**DOMAIN_SYNONYMS, "test": DOMAINS[FIELD]}
 CACHE_VERSION = 1
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _short_hash(text: str, length: int = 16) -> str:
@@ -93,10 +97,6 @@ class ReferenceSet:
         )
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
-
-
 def _dataset_fingerprint(path: Path) -> str:
     """Hash of the saved dataset's metadata and arrow file names, sizes and mtimes (cheap)."""
     digest = hashlib.sha256()
@@ -120,8 +120,8 @@ def _from_datasets(datasets_by_split: dict, fingerprint: str, source: str) -> Re
     offset = 0
     for split, ds in datasets_by_split.items():
         columns = set(ds.column_names)
-        image_column = "image" if "image" in columns else None
-        label_column = next((c for c in ("label", "species", "labels", "target") if c in columns), None)
+        image_column = IMAGE_COLUMN if IMAGE_COLUMN in columns else None
+        label_column = next((c for c in (LABEL_COLUMN, "species", "labels", "target") if c in columns), None)
         if image_column is None or label_column is None:
             raise ReferenceSetError(
                 f"{source} split '{split}' needs an 'image' and a 'label' column; it has {sorted(columns)}"
@@ -131,16 +131,16 @@ def _from_datasets(datasets_by_split: dict, fingerprint: str, source: str) -> Re
         if isinstance(label_feature, ClassLabel):
             labels = [label_feature.int2str(int(v)) for v in labels]
         species += [str(v) for v in labels]
-        if "domain" in columns:
-            domain_feature = ds.features["domain"]
-            values = ds["domain"]
+        if DOMAIN_COLUMN in columns:
+            domain_feature = ds.features[DOMAIN_COLUMN]
+            values = ds[DOMAIN_COLUMN]
             if isinstance(domain_feature, ClassLabel):
                 values = [domain_feature.int2str(int(v)) for v in values]
             domain += [str(v) for v in values]
         else:
             domain += ["unknown"] * len(ds)
-        if "path" in columns:
-            ids += [str(v) for v in ds["path"]]
+        if PATH_COLUMN in columns:
+            ids += [str(v) for v in ds[PATH_COLUMN]]
         else:
             ids += [f"{split}/{i}" for i in range(len(ds))]
         parts.append((ds.select_columns([image_column]), offset))
@@ -199,7 +199,7 @@ def load_reference_set(source: str | Path, split: str | None = None) -> Referenc
         ReferenceSetError: nothing usable at ``source``.
     """
     path = Path(source).expanduser()
-    if path.is_dir() and _is_saved_dataset(path):
+    if path.is_dir() and is_saved_dataset(path):
         from datasets import DatasetDict, load_from_disk
 
         loaded = load_from_disk(str(path))
@@ -212,7 +212,11 @@ def load_reference_set(source: str | Path, split: str | None = None) -> Referenc
         return _from_datasets(splits, fingerprint, str(path))
     if path.is_dir():
         return _from_folder(path)
-    if _REPO_ID.match(str(source)) and not str(source).startswith((".", "/")):
+    if path.exists():
+        raise ReferenceSetError(
+            f"reference set '{source}' is a file: give a dataset folder, an image folder or a Hub dataset id"
+        )
+    if is_hub_id(str(source), namespaced=True):
         from datasets import load_dataset
 
         try:

@@ -73,20 +73,14 @@ def make_reference_dataset(
     path: Path, species: Sequence[str] = SPECIES, n_herbarium: int = 3, n_field: int = 2
 ) -> Path:
     """A ``DatasetDict`` saved with ``save_to_disk``, with the features ``data_prep`` writes."""
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-    from datasets import Image as ImageFeature
+    from datasets import Dataset, DatasetDict
 
-    features = Features(
-        {
-            "image": ImageFeature(),
-            "label": ClassLabel(names=sorted(species)),
-            "domain": ClassLabel(names=["herbarium", "field"]),
-            "path": Value("string"),
-        }
-    )
+    from data_prep.contract import DOMAINS, dataset_features
+
+    features = dataset_features(sorted(species))
     order = sorted(species)
     splits: dict[str, dict[str, list]] = {
-        name: {"image": [], "label": [], "domain": [], "path": []} for name in ("train", "validation")
+        name: {column: [] for column in features} for name in ("train", "validation")
     }
     for i, name in enumerate(species):
         for domain, count in (("herbarium", n_herbarium), ("field", n_field)):
@@ -95,7 +89,7 @@ def make_reference_dataset(
                 rows = splits[split]
                 rows["image"].append(plant_image(i, j, domain))
                 rows["label"].append(order.index(name))
-                rows["domain"].append(0 if domain == "herbarium" else 1)
+                rows["domain"].append(DOMAINS.index(domain))
                 rows["path"].append(f"{domain}/{name}/{domain[0]}{j:02d}.jpg")
     DatasetDict({k: Dataset.from_dict(v, features=features) for k, v in splits.items()}).save_to_disk(
         str(path)

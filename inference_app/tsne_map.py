@@ -1,6 +1,7 @@
 """A t-SNE map of the reference embeddings, fitted once (cached), with new photos placed into it.
 
-The map is fitted with openTSNE on cosine distances. A query photo is *placed* into the existing map
+The map is fitted by the project's one t-SNE fit (``embedding_map.fit_tsne``: openTSNE on cosine
+distances, also used for the model card's ``tsne.png``). A query photo is *placed* into the existing map
 (``TSNEEmbedding.transform``: start at its most similar reference point, then a short optimisation
 against the fixed reference points) rather than refitting: the map stays stable and placement takes
 milliseconds. Only the 2-D coordinates are cached (``.npz``, no pickle); the
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +23,13 @@ DOMAIN_SYMBOLS = {"herbarium": "circle", "field": "diamond", "unknown": "square"
 QUERY_SYMBOL = "star"
 
 
-def _perplexity(n: int, perplexity: float) -> float:
-    """openTSNE needs 3 * perplexity < n; small reference sets get a smaller perplexity."""
-    return float(max(1.0, min(perplexity, (n - 1) / 3.0)))
+def _embedding_map():
+    """The trainer's ``embedding_map`` module, or the copy shipped next to the app in a Space."""
+    try:
+        from autotrain.trainers.image_classification_custom import embedding_map
+    except ImportError:  # a Hugging Face Space: export_space.py puts the module next to the app
+        from inference_app import embedding_map  # type: ignore[no-redef]
+    return embedding_map
 
 
 class TSNEMap:
@@ -54,7 +58,7 @@ class TSNEMap:
         # openTSNE's transform first centres the reference map on its bounding box: do it here, so that
         # the coordinates shown and the ones new points are placed against are the same.
         self.coords = coords - (coords.max(axis=0) + coords.min(axis=0)) / 2 if len(coords) else coords
-        self.perplexity = _perplexity(len(embeddings), perplexity)
+        self.perplexity = _embedding_map().tsne_perplexity(len(embeddings), perplexity)
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.from_cache = from_cache
@@ -69,7 +73,7 @@ class TSNEMap:
         n_jobs: int = 1,
         random_state: int = 0,
     ) -> TSNEMap:
-        """Fit a new map (openTSNE, cosine metric, PCA initialisation).
+        """Fit a new map with ``embedding_map.fit_tsne`` (openTSNE, cosine metric, PCA initialisation).
 
         Args:
             embeddings: ``(N, D)`` reference embeddings; N >= 4.
@@ -77,26 +81,11 @@ class TSNEMap:
             n_iter: optimisation iterations after early exaggeration.
             n_jobs: threads.
             random_state: seed.
-        """
-        from openTSNE import TSNE
 
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if len(embeddings) < 4:
-            raise ValueError(f"a t-SNE map needs at least 4 reference images, got {len(embeddings)}")
-        start = time.perf_counter()
-        tsne = TSNE(
-            n_components=2,
-            perplexity=_perplexity(len(embeddings), perplexity),
-            metric="cosine",
-            n_iter=n_iter,
-            n_jobs=n_jobs,
-            random_state=random_state,
-            verbose=False,
-        )
-        embedding = tsne.fit(embeddings)
-        logger.info(
-            "t-SNE map of %d embeddings fitted in %.1fs", len(embeddings), time.perf_counter() - start
-        )
+        Raises:
+            ValueError: fewer than 4 embeddings.
+        """
+        embedding = _embedding_map().fit_tsne(embeddings, perplexity, n_iter, n_jobs, random_state)
         tsne_map = cls(embeddings, np.asarray(embedding), perplexity, n_jobs, random_state)
         embedding[:] = tsne_map.coords  # keep the fitted affinities, with the centred coordinates
         tsne_map._embedding = embedding
@@ -195,7 +184,7 @@ class TSNEMap:
         scale = float(np.ptp(self.coords, axis=0).max()) or 1.0
         start = self.coords[nearest] + 1e-3 * scale  # a hair off the point itself
         k = int(min(len(self.embeddings), max(3, 3 * perplexity)))
-        perplexity = min(perplexity, max(1.0, (k - 1) / 3.0))
+        perplexity = _embedding_map().tsne_perplexity(k, perplexity)
         placed = embedding.transform(queries, perplexity=perplexity, k=k, n_iter=n_iter, initialization=start)
         return np.asarray(placed, dtype=np.float64)
 
@@ -208,18 +197,60 @@ class TSNEMap:
         query_names: Sequence[str] | None = None,
         title: str | None = None,
     ):
-        """An interactive plotly scatter: colour = species, marker = domain, star = query photos."""
+        """An interactive plotly scatter: colour = species, marker = domain, star = query photos.
+
+        Args:
+            species: species of each reference point (``N`` names, in ``coords`` order).
+            domain: ``"herbarium"``, ``"field"`` or ``"unknown"`` per point (the marker shape).
+            ids: hover text per point (default: the index).
+            query_coords: ``(M, 2)`` placed query photos, drawn as stars.
+            query_names: their labels (default ``"your photo 1"``, ...).
+            title: figure title.
+
+        Returns:
+            ``plotly.graph_objects.Figure``.
+        """
+        import plotly.graph_objects as go
+
+        species, domain = list(species), list(domain)
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(species))]
+        fig = go.Figure()
+        for trace in self._species_traces(species, domain, ids):
+            fig.add_trace(trace)
+        for domain_name in sorted(set(domain)):  # legend entries for the marker shapes
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=f"shape: {domain_name}",
+                    marker={"symbol": DOMAIN_SYMBOLS.get(domain_name, "square"), "color": "grey", "size": 8},
+                    hoverinfo="skip",
+                )
+            )
+        if query_coords is not None and len(query_coords):
+            fig.add_trace(_query_trace(np.atleast_2d(query_coords), query_names))
+        fig.update_layout(
+            title=title,
+            template="plotly_white",
+            height=560,
+            margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+            legend={"itemsizing": "constant", "font": {"size": 10}},
+            xaxis={"visible": False},
+            yaxis={"visible": False, "scaleanchor": "x"},
+        )
+        return fig
+
+    def _species_traces(self, species: list[str], domain: list[str], ids: list[str]) -> list:
+        """One scatter trace per species (colour), with a marker shape per point's domain."""
         import plotly.graph_objects as go
         from plotly.colors import qualitative
 
         palette = qualitative.Dark24 + qualitative.Light24 + qualitative.Alphabet
-        species = list(species)
-        domain = list(domain)
-        ids = list(ids) if ids is not None else [str(i) for i in range(len(species))]
-        fig = go.Figure()
+        traces = []
         for colour_index, name in enumerate(sorted(set(species))):
             rows = [i for i, s in enumerate(species) if s == name]
-            fig.add_trace(
+            traces.append(
                 go.Scatter(
                     x=self.coords[rows, 0],
                     y=self.coords[rows, 1],
@@ -237,48 +268,21 @@ class TSNEMap:
                     hovertemplate=f"<b>{name}</b><br>%{{customdata[0]}}<br>%{{customdata[1]}}<extra></extra>",
                 )
             )
-        for domain_name in sorted(set(domain)):  # legend entries for the marker shapes
-            fig.add_trace(
-                go.Scatter(
-                    x=[None],
-                    y=[None],
-                    mode="markers",
-                    name=f"shape: {domain_name}",
-                    marker={"symbol": DOMAIN_SYMBOLS.get(domain_name, "square"), "color": "grey", "size": 8},
-                    hoverinfo="skip",
-                )
-            )
-        if query_coords is not None and len(query_coords):
-            query_coords = np.atleast_2d(query_coords)
-            names = (
-                list(query_names)
-                if query_names
-                else [f"your photo {i + 1}" for i in range(len(query_coords))]
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=query_coords[:, 0],
-                    y=query_coords[:, 1],
-                    mode="markers+text",
-                    name="your photo",
-                    text=names,
-                    textposition="top center",
-                    marker={
-                        "symbol": QUERY_SYMBOL,
-                        "size": 20,
-                        "color": "black",
-                        "line": {"width": 2, "color": "gold"},
-                    },
-                    hovertemplate="<b>%{text}</b><extra></extra>",
-                )
-            )
-        fig.update_layout(
-            title=title,
-            template="plotly_white",
-            height=560,
-            margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-            legend={"itemsizing": "constant", "font": {"size": 10}},
-            xaxis={"visible": False},
-            yaxis={"visible": False, "scaleanchor": "x"},
-        )
-        return fig
+        return traces
+
+
+def _query_trace(query_coords: np.ndarray, query_names: Sequence[str] | None):
+    """The placed query photos ``(M, 2)`` as labelled stars."""
+    import plotly.graph_objects as go
+
+    names = list(query_names) if query_names else [f"your photo {i + 1}" for i in range(len(query_coords))]
+    return go.Scatter(
+        x=query_coords[:, 0],
+        y=query_coords[:, 1],
+        mode="markers+text",
+        name="your photo",
+        text=names,
+        textposition="top center",
+        marker={"symbol": QUERY_SYMBOL, "size": 20, "color": "black", "line": {"width": 2, "color": "gold"}},
+        hovertemplate="<b>%{text}</b><extra></extra>",
+    )

@@ -234,7 +234,8 @@ def test_script_missing_model_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_exported_space_runs_without_the_project(server, tmp_path):
-    """The Space folder loads the model with its own copy of modeling_arcface.py (no autotrain)."""
+    """The Space folder loads the model and fits the map with its own copies of modeling_arcface.py and
+    embedding_map.py, and opens images with its copy of data_prep's policy and contract (no autotrain)."""
     from inference_app.export_space import export_space
 
     out = export_space(tmp_path / "space", model_id=str(server["model_dir"]))
@@ -243,7 +244,10 @@ def test_exported_space_runs_without_the_project(server, tmp_path):
         "import sys; sys.modules['autotrain'] = None\n"  # the project is not installed on a Space
         "import inference_app\n"
         "from inference_app.app import load_components, parse_args\n"
-        "predictor, index, *_ = load_components(parse_args(['--no-map', '--threads', '1']))\n"
+        "predictor, index, tsne_map, *_ = load_components(parse_args(['--threads', '1']))\n"
+        "import data_prep.contract, inference_app.embedding_map as tsne\n"
+        "assert tsne_map.coords.shape == (len(index), 2)\n"
+        "print(data_prep.contract.__file__, tsne.__file__)\n"
         "print(inference_app.__file__, type(predictor.model).__module__, len(index))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODEL_ID": str(server["model_dir"])}
@@ -251,8 +255,8 @@ def test_exported_space_runs_without_the_project(server, tmp_path):
         [sys.executable, "-c", code], cwd=out, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    package_file, module, n_reference = result.stdout.split()[-3:]
-    assert Path(package_file).is_relative_to(out)
+    contract_file, tsne_file, package_file, module, n_reference = result.stdout.split()[-5:]
+    assert all(Path(file).is_relative_to(out) for file in (contract_file, tsne_file, package_file))
     assert module == "inference_app.modeling_arcface"
     assert int(n_reference) == len(server["index"])
 

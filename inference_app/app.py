@@ -3,10 +3,10 @@
 Run ``python inference_app/app.py`` (after training the README's default model into
 ``herbarium-arcface/``) or ``python inference_app/app.py --model user/repo --reference DATA``.
 ``--help`` lists every option; on a Hugging Face Space the options come from environment variables
-(``MODEL_ID``, ``REFERENCE``, ``TAXONOMY``, ``THRESHOLD``, ...).
+(``MODEL_ID``, ``REFERENCE``, ``TAXONOMY``, ``THRESHOLD``, ...: see ``options.py``).
 
-UI code only: loading, prediction, retrieval and the map live in ``predictor.py``, ``reference.py``,
-``tsne_map.py`` and ``identification.py``. ``build_demo`` builds the UI and is what tests import;
+UI code only: options, loading, prediction, retrieval and the map live in ``options.py``,
+``predictor.py``, ``reference.py``, ``tsne_map.py`` and ``identification.py``. ``build_demo`` builds the UI and is what tests import;
 nothing launches unless the file is run as a script.
 """
 
@@ -30,8 +30,9 @@ import gradio as gr
 import numpy as np
 from gradio.components.plot import PlotData
 
-from inference_app.identification import COMBINE_METHODS, Identification, identify, softmax
-from inference_app.images import DEFAULT_MIN_SIDE, InvalidImageError, default_max_pixels
+from inference_app.identification import Identification, identify, softmax
+from inference_app.images import DEFAULT_MIN_SIDE, InvalidImageError
+from inference_app.options import CACHE_SWEEP_S, KEEP_UPLOADS_S, parse_args
 from inference_app.predictor import DEFAULT_MODEL, ModelNotFoundError, Predictor, default_num_threads
 from inference_app.reference import ReferenceIndex, ReferenceSetError, default_cache_dir, load_reference_set
 from inference_app.taxonomy import Taxonomy, TaxonomyError
@@ -41,10 +42,6 @@ logger = logging.getLogger("inference_app")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MAX_PHOTOS = 8
-# Uploads (and the files the app writes for the gallery) live in Gradio's cache folder: every
-# CACHE_SWEEP_S seconds, files older than KEEP_UPLOADS_S are deleted; all of them when the app stops.
-KEEP_UPLOADS_S = 3600
-CACHE_SWEEP_S = 300
 NO_MAP_TEXT = (
     "No reference set, so there is no map. Start the app with `--reference DATA`, where DATA is the "
     "dataset written by `data_prep` (for example `herbarium-arcface/autotrain-data`), a folder "
@@ -321,115 +318,6 @@ def build_demo(
         )
         demo.load(handlers.reference_map, outputs=[plot], api_name="reference_map")
     return demo
-
-
-def _env(name: str, default=None):
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The app's options; on a Space they come from environment variables (``MODEL_ID``, ``REFERENCE``, ...)."""
-    parser = argparse.ArgumentParser(
-        prog="python inference_app/app.py",
-        description="Identify plants from field photos with a trained herbarium-to-field ArcFace model.",
-    )
-    _add_data_options(parser)
-    _add_answer_options(parser)
-    _add_server_options(parser)
-    return parser.parse_args(argv)
-
-
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    """Model, reference set and taxonomy."""
-    parser.add_argument(
-        "--model",
-        default=_env("MODEL_ID", DEFAULT_MODEL),
-        help="model folder or Hub repo id (env MODEL_ID; default: %(default)s, the README's default run)",
-    )
-    parser.add_argument(
-        "--reference",
-        default=_env("REFERENCE"),
-        help="reference set: data_prep dataset folder, image folder or Hub dataset id (env REFERENCE; "
-        "default: <model>/autotrain-data when present)",
-    )
-    parser.add_argument("--reference-split", default=_env("REFERENCE_SPLIT"), help="use only this split")
-    parser.add_argument("--no-reference", action="store_true", help="do not load any reference set")
-    parser.add_argument("--no-map", action="store_true", help="skip the t-SNE map")
-    parser.add_argument(
-        "--taxonomy", default=_env("TAXONOMY"), help="CSV with columns species,genus[,family]"
-    )
-    parser.add_argument(
-        "--genus-from-name",
-        action="store_true",
-        default=_env("GENUS_FROM_NAME", "0") in ("1", "true", "True"),
-        help="take the genus as the first word of binomial species names (fills gaps in --taxonomy)",
-    )
-    parser.add_argument("--cache-dir", default=None, help="where reference embeddings and the map are cached")
-
-
-def _add_answer_options(parser: argparse.ArgumentParser) -> None:
-    """What an answer shows, and which photos are accepted."""
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=float(_env("THRESHOLD", 0.5)),
-        help="below this probability the answer is 'uncertain' (default %(default)s)",
-    )
-    parser.add_argument(
-        "--top-k", type=int, default=int(_env("TOP_K", 5)), help="species shown (default %(default)s)"
-    )
-    parser.add_argument(
-        "--neighbours", type=int, default=6, help="reference specimens shown (default %(default)s)"
-    )
-    parser.add_argument(
-        "--combine",
-        choices=COMBINE_METHODS,
-        default=_env("COMBINE", "mean_prob"),
-        help="how several photos are combined: mean of probabilities (robust to one bad photo, default) "
-        "or mean of log-probabilities (independent evidence)",
-    )
-    limits = (  # (flag, default, help): checked before decoding, the same limits as data_prep's
-        ("--max-pixels", default_max_pixels(), "refuse images with more pixels (env IMAGE_MAX_PIXELS"),
-        (
-            "--min-side",
-            int(_env("MIN_SIDE", DEFAULT_MIN_SIDE)),
-            "refuse a shorter side below this (env MIN_SIDE",
-        ),
-    )
-    for flag, default, text in limits:
-        help_text = f"{text}; shared with data_prep and the trainer; default %(default)s)"
-        parser.add_argument(flag, type=int, default=default, help=help_text)
-
-
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    """Address, limits and threads of the server."""
-    parser.add_argument("--host", default=_env("GRADIO_SERVER_NAME", "127.0.0.1"), help="default %(default)s")
-    parser.add_argument("--port", type=int, default=int(_env("PORT", _env("GRADIO_SERVER_PORT", 7860))))
-    parser.add_argument(
-        "--max-file-size", default="25mb", help="largest upload accepted (default %(default)s)"
-    )
-    parser.add_argument(
-        "--keep-uploads",
-        type=int,
-        default=int(_env("KEEP_UPLOADS", KEEP_UPLOADS_S)),
-        help="seconds an upload stays in Gradio's cache before it is deleted (swept every 5 minutes, and "
-        "all at shutdown; env KEEP_UPLOADS; default %(default)s)",
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=2, help="requests computed at once (default %(default)s)"
-    )
-    parser.add_argument(
-        "--queue-size", type=int, default=64, help="requests waiting at most (default %(default)s)"
-    )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads per request (default: cores // concurrency, so that concurrent requests "
-        "do not fight over the cores)",
-    )
 
 
 def load_components(args: argparse.Namespace):

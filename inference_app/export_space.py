@@ -33,6 +33,7 @@ APP_MODULES = (
     "app.py",
     "identification.py",
     "images.py",
+    "options.py",
     "predictor.py",
     "reference.py",
     "taxonomy.py",

@@ -16,6 +16,11 @@ from data_prep.testing import make_folder_tree
 SECRET = "hf_test_secret_token_123"
 
 
+def _build_and_push(root: Path, out: Path, repo: str) -> list[str]:
+    """``python -m data_prep build ROOT --out OUT --push-to-hub REPO`` arguments (quiet, one process)."""
+    return ["build", str(root), "--out", str(out), "--push-to-hub", repo, "--quiet", "--num-proc", "1"]
+
+
 class FakeApi:
     """Records calls of the HfApi methods that push_dataset uses."""
 
@@ -56,19 +61,7 @@ def test_cli_push_private_by_default_token_from_env(
 ) -> None:
     root = make_folder_tree(tmp_path / "in", {"A": (2, 3, 1), "B": (2, 0, 1)})
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    code = main(
-        [
-            "build",
-            str(root),
-            "--out",
-            str(tmp_path / "out"),
-            "--push-to-hub",
-            "me/plants",
-            "--quiet",
-            "--num-proc",
-            "1",
-        ]
-    )
+    code = main(_build_and_push(root, tmp_path / "out", "me/plants"))
     assert code == 0
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
@@ -123,19 +116,7 @@ def test_push_failure_is_one_line_exit_2(
     monkeypatch.setattr(FakeApi, "create_repo", refuse)
     monkeypatch.setenv("HF_TOKEN", SECRET)
     root = make_folder_tree(tmp_path / "in", {"A": (2, 2, 0)})
-    code = main(
-        [
-            "build",
-            str(root),
-            "--out",
-            str(tmp_path / "out"),
-            "--push-to-hub",
-            "me/x",
-            "--quiet",
-            "--num-proc",
-            "1",
-        ]
-    )
+    code = main(_build_and_push(root, tmp_path / "out", "me/x"))
     assert code == 2
     err = capsys.readouterr().err
     assert "push to me/x failed" in err and "403" in err and SECRET not in err and err.count("\n") == 1

@@ -4,7 +4,8 @@ Public API (imported lazily, so that worker processes and ``--help`` stay light)
 
 - :func:`build_dataset` (``data_prep.build``): folders / PlantCLEF lists / CSV -> ``(DatasetDict, report)``.
 - :func:`generate_sample` (``data_prep.sample``): the embedded synthetic herbarium + field dataset.
-- :func:`create_features`: the dataset schema; :class:`DataPrepError`, :class:`StrictModeError`.
+- :func:`create_features`: the dataset schema (``data_prep.contract.dataset_features``); :class:`DataPrepError`,
+  :class:`StrictModeError`.
 """
 
 from __future__ import annotations

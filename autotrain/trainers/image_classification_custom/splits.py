@@ -139,7 +139,7 @@ def _leave_out_links_outside(dd, data_path: str, image_column: str) -> tuple[Any
     kept = {}
     for split, ds in dd.items():
         if image_column in ds.column_names and isinstance(ds.features[image_column], ImageFeature):
-            paths = ds.cast_column(image_column, ImageFeature(decode=False))[image_column]
+            paths = _values(ds.cast_column(image_column, ImageFeature(decode=False)), image_column)
             rows = [i for i, item in enumerate(paths) if not item.get("path") or _inside(item["path"], root)]
             if len(rows) < len(ds):
                 ds = ds.select(rows)
@@ -152,11 +152,16 @@ def _leave_out_links_outside(dd, data_path: str, image_column: str) -> tuple[Any
     return DatasetDict(kept), note
 
 
+def _values(dataset, column: str) -> list:
+    """A column as a list, read at once (iterating ``dataset[column]`` reads one row at a time)."""
+    return dataset[column][:]
+
+
 def _check_imagefolder(dd, data_path: str, target_column: str) -> None:
     """Refuse an image folder whose images sit directly in ``train/`` (or ``validation/``...) with no
     species folders: ``imagefolder`` gives them no label (``None``)."""
     for split, ds in dd.items():
-        values = ds[target_column] if target_column in ds.column_names else [None] * len(ds)
+        values = _values(ds, target_column) if target_column in ds.column_names else [None] * len(ds)
         unlabelled = sum(v is None for v in values)
         if unlabelled:
             folder = Path(data_path) / split
@@ -180,12 +185,15 @@ def _evaluation_splits(
 ) -> tuple[str | None, str | None]:
     """The validation and test splits to use (None: skipped); ``required`` = (validation, test).
 
+    A ``config:`` prefix on a split name is dropped (the configuration comes with ``train_split``).
+
     A missing split is an error when required, else skipped (a missing validation split with a warning).
     An empty split (data_prep saves an empty validation split when no species has two field photos) is
     skipped with a warning whether or not it was named explicitly: the data was found, there is just
     nothing in it to evaluate.
     """
     splits = list(dd.keys())
+    valid_split, test_split = _config_and_split(valid_split)[1], _config_and_split(test_split)[1]
     if valid_split is not None and valid_split not in dd:
         message = (
             f"valid_split {valid_split!r} not in {data_path!r} (splits: {splits}); set valid_split to null "
@@ -227,7 +235,7 @@ def _label_table(dataset, column: str, split: str):
     from datasets import ClassLabel, Dataset, Features
 
     feature = dataset.features[column]
-    values = list(dataset[column])
+    values = _values(dataset, column)
     missing = sum(v is None or (isinstance(feature, ClassLabel) and v < 0) for v in values)
     if missing:
         raise DataInputError(
@@ -245,7 +253,7 @@ def _encode_train_labels(dataset, column: str, split: str) -> tuple[list[str], n
     table = _label_table(dataset, column, split)
     if not isinstance(table.features[column], ClassLabel):
         table = table.class_encode_column(column)
-    return list(table.features[column].names), np.asarray(table[column], dtype=np.int64)
+    return list(table.features[column].names), np.asarray(_values(table, column), dtype=np.int64)
 
 
 def _encode_eval_labels(dataset, column: str, names: list[str], split: str, unknown: set[str]) -> np.ndarray:
@@ -261,7 +269,7 @@ def _encode_eval_labels(dataset, column: str, names: list[str], split: str, unkn
     table = _label_table(dataset, column, split)
     feature = table.features[column]
     if isinstance(feature, ClassLabel) and list(feature.names) == names:
-        return np.asarray(table[column], dtype=np.int64)
+        return np.asarray(_values(table, column), dtype=np.int64)
     if isinstance(feature, ClassLabel):
         extra = sorted(set(feature.names) - set(names))
         known = names + extra
@@ -276,7 +284,7 @@ def _encode_eval_labels(dataset, column: str, names: list[str], split: str, unkn
         extra = sorted(set(table.unique(column)) - set(names))
         known = names + extra
         table = table.cast_column(column, ClassLabel(names=known))
-    ids = np.asarray(table[column], dtype=np.int64)
+    ids = np.asarray(_values(table, column), dtype=np.int64)
     outside = ids >= len(names)
     unknown.update(known[i] for i in np.unique(ids[outside]))
     ids[outside] = -1
@@ -293,7 +301,7 @@ def _domains(dataset, column: str, split: str) -> np.ndarray:
     from datasets import ClassLabel
 
     feature = dataset.features[column]
-    values = list(dataset[column])
+    values = _values(dataset, column)
     if isinstance(feature, ClassLabel):
         if list(feature.names) == list(DOMAINS) and all(v is not None and v >= 0 for v in values):
             return np.asarray(values, dtype=np.int64)
@@ -443,14 +451,8 @@ def load_splits(
         raise ValueError(f"train_split {train_split!r} not in {data_path!r} (splits: {list(dd.keys())})")
     if len(dd[train_split]) == 0:
         raise ValueError(f"train split {train_split!r} is empty in {data_path!r}: nothing to train on")
-    valid_split, test_split = _evaluation_splits(
-        dd,
-        data_path,
-        _config_and_split(valid_split)[1],
-        _config_and_split(test_split)[1],
-        (valid_split_required, test_split_required),
-        notes,
-    )
+    required = (valid_split_required, test_split_required)
+    valid_split, test_split = _evaluation_splits(dd, data_path, valid_split, test_split, required, notes)
     train = dd[train_split]
     for argument, column in (("image_column", image_column), ("target_column", target_column)):
         if column not in train.column_names:

@@ -206,3 +206,22 @@ def test_domain_words_follow_the_contract(tmp_path: Path) -> None:
         match="split 'train': domain values must be \\['herbarium', 'field'\\], found \\['garden'\\]",
     ):
         S.load_splits(str(tmp_path / "bad"), valid_split=None)
+
+
+def test_evaluation_label_names_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    images = [PILImage.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
+    train = Dataset.from_dict(
+        {"image": images[:2], "label": [0, 1]},
+        features=Features({"image": Image(), "label": ClassLabel(names=["Abies alba", "Betula"])}),
+    )
+    validation = Dataset.from_dict(
+        {"image": images, "label": [0, 1, 2]},
+        features=Features(
+            {"image": Image(), "label": ClassLabel(names=["Betula", "abies alba", "Abies alba"])}
+        ),
+    )
+    DatasetDict({"train": train, "validation": validation}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(
+        S.DataInputError, match="split 'validation': label names differ only in case \\(Abies alba"
+    ):
+        S.load_splits(str(tmp_path / "d"))

@@ -273,10 +273,12 @@ def _encode_eval_labels(dataset, column: str, names: list[str], split: str, unkn
     if isinstance(feature, ClassLabel):
         extra = sorted(set(feature.names) - set(names))
         known = names + extra
-        if len({n.lower() for n in known}) < len(known):
+        lowered = [n.lower() for n in known]
+        clashing = sorted(n for n in known if lowered.count(n.lower()) > 1)
+        if clashing:
             raise DataInputError(
-                f"split {split!r}: label names that differ only in case ({sorted(known, key=str.lower)[:10]}); "
-                "give each species one spelling"
+                f"split {split!r}: label names differ only in case ({', '.join(clashing[:10])}); give each "
+                "species one spelling"
             )
         table = table.align_labels_with_mapping({n: i for i, n in enumerate(known)}, column)
     else:

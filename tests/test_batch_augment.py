@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F
 from test_trainer import _trainer, tiny_model
 
+from autotrain.trainers.image_classification_custom.augment import AugmentationSpec
 from autotrain.trainers.image_classification_custom.batch_augment import BatchAugment
 from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
 
@@ -23,6 +27,9 @@ def test_output_shape_range_and_reproducibility():
     torch.testing.assert_close(y1, y2)  # same generator state -> same draws
     y3 = BatchAugment(32, 1.0, generator=torch.Generator().manual_seed(4))(x)
     assert not torch.allclose(y1, y3)
+    # the pixels change: each output is far from the plain resize of its input
+    plain = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False)
+    assert (y1 - plain).abs().mean((1, 2, 3)).min() > 0.05
 
 
 def test_strength_zero_is_a_plain_resize():
@@ -43,9 +50,9 @@ def test_each_image_gets_its_own_transform():
 def test_horizontal_flip_and_crop_geometry():
     # a left-dark / right-bright image: the affine must keep, or mirror, the gradient (never scramble it)
     ramp = torch.linspace(0, 255, 64).round().to(torch.uint8).view(1, 1, 1, 64).expand(256, 3, 64, 64)
-    aug = BatchAugment(32, 0.5, generator=torch.Generator().manual_seed(1))
-    aug.p_rotate = 0.0
-    aug.p_jitter = aug.p_gray = aug.p_blur = 0.0
+    spec = AugmentationSpec.from_strength(0.5, 32)
+    spec = dataclasses.replace(spec, p_rotate=0.0, p_jitter=0.0, p_gray=0.0, p_blur=0.0)
+    aug = BatchAugment(spec=spec, generator=torch.Generator().manual_seed(1))
     y = aug(ramp.contiguous())[:, 0]
     slope = (y[:, :, -4:].mean((1, 2)) - y[:, :, :4].mean((1, 2))).sign()
     assert (slope != 0).all()

@@ -8,8 +8,11 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
+from torchvision.transforms import v2
 
 from autotrain.trainers.image_classification_custom import dataset as D
+from autotrain.trainers.image_classification_custom import splits as S
+from autotrain.trainers.image_classification_custom.augment import create_train_transform
 
 NAMES = ["acer", "betula", "carex"]
 
@@ -48,7 +51,7 @@ def saved_dataset(tmp_path):
 
 
 def test_load_splits_from_data_prep_folder(saved_dataset):
-    data = D.load_splits(str(saved_dataset))
+    data = S.load_splits(str(saved_dataset))
     assert data.class_names == NAMES
     assert data.train.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert data.train.domains.tolist() == [0, 1, 0, 0, 0, 1]
@@ -61,16 +64,16 @@ def test_load_splits_from_data_prep_folder(saved_dataset):
 def test_missing_data_path_names_the_path(tmp_path):
     missing = str(tmp_path / "nowhere" / "autotrain-data")
     with pytest.raises(FileNotFoundError, match="nowhere/autotrain-data"):
-        D.load_splits(missing)
+        S.load_splits(missing)
 
 
 def test_missing_split_and_column_errors(saved_dataset):
     with pytest.raises(ValueError, match="valid_split 'val'"):
-        D.load_splits(str(saved_dataset), valid_split="val")
+        S.load_splits(str(saved_dataset), valid_split="val")
     with pytest.raises(ValueError, match="test_split 'test'"):
-        D.load_splits(str(saved_dataset), test_split_required=True)
+        S.load_splits(str(saved_dataset), test_split_required=True)
     with pytest.raises(ValueError, match="target_column"):
-        D.load_splits(str(saved_dataset), target_column="species")
+        S.load_splits(str(saved_dataset), target_column="species")
 
 
 def test_plain_image_folder_is_field_with_a_warning(tmp_path):
@@ -80,13 +83,13 @@ def test_plain_image_folder_is_field_with_a_warning(tmp_path):
         for j in range(2):
             _image(10 * i + j).save(folder / f"{j}.png")
     with pytest.warns(UserWarning, match="field photo"):
-        data = D.load_splits(str(tmp_path / "images"), valid_split=None)
+        data = S.load_splits(str(tmp_path / "images"), valid_split=None)
     assert data.class_names == NAMES
     with pytest.warns(UserWarning) as caught:  # the default valid_split is absent: warned, not an error
-        assert D.load_splits(str(tmp_path / "images"), valid_split_required=False).validation is None
+        assert S.load_splits(str(tmp_path / "images"), valid_split_required=False).validation is None
     assert any("without validation" in str(w.message) for w in caught)
     assert not data.has_domains
-    assert (data.train.domains == D.FIELD).all()
+    assert (data.train.domains == S.FIELD).all()
 
 
 def test_string_labels_are_encoded_in_sorted_order(tmp_path):
@@ -96,7 +99,7 @@ def test_string_labels_are_encoded_in_sorted_order(tmp_path):
     )
     DatasetDict({"train": train}).save_to_disk(str(tmp_path / "d"))
     with pytest.warns(UserWarning):
-        data = D.load_splits(str(tmp_path / "d"), valid_split=None)
+        data = S.load_splits(str(tmp_path / "d"), valid_split=None)
     assert data.class_names == ["a", "b", "c"]
     assert data.train.labels.tolist() == [1, 0, 1, 2]
 
@@ -108,7 +111,7 @@ def test_decoded_cache_matches_the_saved_image_processor(saved_dataset):
     )
 
     config = ArcFaceConfig(image_size=24, image_interpolation="bicubic", image_mean=[0.4, 0.5, 0.6])
-    data = D.load_splits(str(saved_dataset))
+    data = S.load_splits(str(saved_dataset))
     cache = D.decode_images(data.validation.dataset, "image", size=24, interpolation="bicubic")
     assert cache.shape == (2, 24, 24, 3) and cache.dtype == np.uint8
     collator = D.NormalizeCollator(config.image_mean, config.image_std)
@@ -121,7 +124,7 @@ def test_decoded_cache_matches_the_saved_image_processor(saved_dataset):
 
 
 def test_cache_spills_to_a_memory_map_over_budget(saved_dataset, tmp_path):
-    data = D.load_splits(str(saved_dataset))
+    data = S.load_splits(str(saved_dataset))
     cache = D.decode_images(
         data.train.dataset, "image", size=16, memory_budget_mb=0, spill_dir=str(tmp_path / "spill")
     )
@@ -135,15 +138,25 @@ def test_jpeg_draft_decoding(tmp_path):
     ds = Dataset.from_dict({"image": [_jpeg(0), _jpeg(1)]}, features=Features({"image": Image()}))
     cache = D.decode_images(ds, "image", size=32, draft=True)
     assert cache.shape == (2, 32, 32, 3)
+    for i in range(2):  # reduced-scale decoding shows the same picture as a full decode and resize
+        full = np.asarray(_jpeg(i).convert("RGB").resize((32, 32), PILImage.Resampling.BILINEAR), dtype=float)
+        assert np.abs(cache[i] - full).mean() < 8  # another image: about 22
 
 
 @pytest.mark.parametrize("strength", [0.0, 1.0, 2.0])
-def test_train_transform_keeps_uint8_and_size(strength):
+def test_train_transform_keeps_uint8_and_size_and_changes_pixels_only_when_augmenting(strength):
     torch.manual_seed(0)
-    transform = D.create_train_transform(32, strength)
+    transform = create_train_transform(32, strength)
     image = torch.randint(0, 256, (3, 37, 37), dtype=torch.uint8)
-    out = transform(image)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    plain = v2.functional.resize(image, [32, 32], antialias=True)
+    outs = torch.stack([transform(image) for _ in range(16)])
+    assert outs.shape == (16, 3, 32, 32) and outs.dtype == torch.uint8
+    changed = (outs.float() - plain.float()).abs().mean((1, 2, 3)) > 1.0
+    if strength == 0:
+        assert torch.equal(outs, plain.expand_as(outs))  # strength 0: the plain resize, nothing else
+    else:
+        assert changed.all()  # a random crop of noise never matches the resize of the whole image
+        assert len({o.numpy().tobytes() for o in outs}) == 16  # and every draw differs
 
 
 def test_train_cache_size():

@@ -15,7 +15,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from test_trainer import make_tiny_timm
 
-from autotrain.trainers.image_classification_custom import dataset as D
+from autotrain.trainers.image_classification_custom import splits as S
 from data_prep import build_dataset
 from data_prep.cli import main as data_prep_main
 from data_prep.report import format_summary
@@ -164,7 +164,7 @@ def _save(path: Path, **splits) -> str:
 def test_empty_validation_split_is_skipped_with_a_warning(tmp_path, required):
     path = _save(tmp_path / "d", train=TRAIN, validation=[], test=[(0, 1)])
     with pytest.warns(UserWarning, match="validation split 'validation' is empty") as caught:
-        data = D.load_splits(path, valid_split_required=required)
+        data = S.load_splits(path, valid_split_required=required)
     assert data.validation is None and len(data.test) == 1
     message = str(caught[0].message)
     assert "no epoch selection" in message and "no early stopping" in message
@@ -174,20 +174,20 @@ def test_empty_validation_split_is_skipped_with_a_warning(tmp_path, required):
 def test_empty_test_split_is_skipped_with_a_warning(tmp_path):
     path = _save(tmp_path / "d", train=TRAIN, validation=[(1, 1)], test=[])
     with pytest.warns(UserWarning, match="test split 'test' is empty"):
-        data = D.load_splits(path, test_split_required=True)
+        data = S.load_splits(path, test_split_required=True)
     assert data.test is None and len(data.validation) == 1
 
 
 def test_empty_train_split_is_an_error(tmp_path):
     path = _save(tmp_path / "d", train=[], validation=[(1, 1)])
     with pytest.raises(ValueError, match="train split 'train' is empty"):
-        D.load_splits(path)
+        S.load_splits(path)
 
 
 def test_validation_without_field_photos_is_kept(tmp_path):
     """Rows but no field photo: still a validation split (selection on ``mrr`` over herbarium sheets)."""
-    data = D.load_splits(_save(tmp_path / "d", train=TRAIN, validation=[(0, 0), (1, 0)]))
-    assert len(data.validation) == 2 and not (data.validation.domains == D.FIELD).any()
+    data = S.load_splits(_save(tmp_path / "d", train=TRAIN, validation=[(0, 0), (1, 0)]))
+    assert len(data.validation) == 2 and not (data.validation.domains == S.FIELD).any()
 
 
 def test_validation_without_field_photos_trains_and_selects_on_mrr(tmp_path, monkeypatch):

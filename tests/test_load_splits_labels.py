@@ -13,7 +13,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from test_trainer import make_tiny_timm
 
-from autotrain.trainers.image_classification_custom import dataset as D
+from autotrain.trainers.image_classification_custom import splits as S
 from data_prep import build_dataset
 from data_prep.testing import make_folder_tree, write_image
 
@@ -40,7 +40,7 @@ def test_only_dataset(tmp_path: Path) -> Path:
 
 def test_labels_without_training_images_are_left_out_with_a_warning(test_only_dataset: Path) -> None:
     with pytest.warns(UserWarning, match="4 label\\(s\\) .* have no training image") as record:
-        data = D.load_splits(str(test_only_dataset))
+        data = S.load_splits(str(test_only_dataset))
     message = next(str(w.message) for w in record if "no training image" in str(w.message))
     for name in TEST_ONLY:
         assert name in message
@@ -68,7 +68,7 @@ def test_unused_label_in_a_saved_dataset_is_left_out(tmp_path: Path) -> None:
     )
     DatasetDict({"train": train}).save_to_disk(str(tmp_path / "d"))
     with pytest.warns(UserWarning, match="Empty"):
-        data = D.load_splits(str(tmp_path / "d"), valid_split=None)
+        data = S.load_splits(str(tmp_path / "d"), valid_split=None)
     assert data.class_names == ["A", "B"]
     assert data.class_has_field.tolist() == [True, False]  # B: herbarium only; Empty: not counted at all
 
@@ -79,7 +79,7 @@ def test_string_label_seen_only_in_test_is_left_out(tmp_path: Path) -> None:
     test = Dataset.from_dict({"image": images[:3], "label": ["a", "zz", "b"]})
     DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "d"))
     with pytest.warns(UserWarning, match="zz; 1 test image"):
-        data = D.load_splits(str(tmp_path / "d"), valid_split=None)
+        data = S.load_splits(str(tmp_path / "d"), valid_split=None)
     assert data.class_names == ["a", "b"] and data.test.labels.tolist() == [0, 1]
 
 
@@ -88,15 +88,15 @@ def test_class_label_minus_one_is_an_unlabelled_image(tmp_path: Path) -> None:
     images = [PILImage.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
     train = Dataset.from_dict({"image": images, "label": [0, 1, -1]}, features=features)
     DatasetDict({"train": train}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(D.DataInputError, match="split 'train': 1 image\\(s\\) without a 'label' value"):
-        D.load_splits(str(tmp_path / "d"), valid_split=None)
+    with pytest.raises(S.DataInputError, match="split 'train': 1 image\\(s\\) without a 'label' value"):
+        S.load_splits(str(tmp_path / "d"), valid_split=None)
 
 
 def test_only_one_trainable_class_is_refused(tmp_path: Path) -> None:
     root = make_folder_tree(tmp_path / "plants", {"A": (3, 2, 1), "B": (0, 0, 2)})
     build_dataset(root, tmp_path / "out", num_proc=1, progress=False)
     with pytest.raises(ValueError, match="need at least 2 classes with training images, found 1"):
-        D.load_splits(str(tmp_path / "out"))
+        S.load_splits(str(tmp_path / "out"))
 
 
 def _imagefolder_without_species(root: Path) -> Path:
@@ -108,8 +108,8 @@ def _imagefolder_without_species(root: Path) -> Path:
 
 def test_image_folder_without_species_folders_is_a_data_input_error(tmp_path: Path) -> None:
     root = _imagefolder_without_species(tmp_path / "images")
-    with pytest.raises(D.DataInputError) as err:
-        D.load_splits(str(root))
+    with pytest.raises(S.DataInputError) as err:
+        S.load_splits(str(root))
     text = str(err.value)
     assert "\n" not in text
     assert f"{root / 'train'}: 3 image(s) not inside a species folder" in text
@@ -163,3 +163,65 @@ def test_training_counts_no_test_only_species_as_herbarium_only(
     card = (tmp_path / "proj" / "README.md").read_text()
     assert "Classes: 2 (2 with field training photos, 0 herbarium only)" in card
     assert np.isfinite(metrics["test"]["all"]["top1"])
+
+
+def test_evaluation_labels_in_another_order_are_aligned_by_name_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    """A validation ``ClassLabel`` in another order (aligned by name, ``align_labels_with_mapping``) and
+    string test labels (cast to the training ``ClassLabel``): ids follow the training split's names, a
+    name the training split lacks is left out, and the data folder is left as it was (no cache files)."""
+    images = [PILImage.new("RGB", (8, 8), (i * 30, 0, 0)) for i in range(6)]
+    train_features = Features({"image": Image(), "label": ClassLabel(names=["A", "B", "C"])})
+    train = Dataset.from_dict({"image": images[:3], "label": [0, 1, 2]}, features=train_features)
+    reordered = Features({"image": Image(), "label": ClassLabel(names=["C", "zz", "A", "B"])})
+    validation = Dataset.from_dict({"image": images[:5], "label": [0, 2, 3, 1, 0]}, features=reordered)
+    test = Dataset.from_dict({"image": images[:4], "label": ["B", "C", "yy", "A"]})
+    DatasetDict({"train": train, "validation": validation, "test": test}).save_to_disk(str(tmp_path / "d"))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*"))
+    with pytest.warns(UserWarning, match="2 label\\(s\\) .* yy, zz; 1 validation image.*; 1 test image"):
+        data = S.load_splits(str(tmp_path / "d"))
+    assert data.class_names == ["A", "B", "C"]
+    assert data.validation.labels.tolist() == [2, 0, 1, 2]  # C, A, B, C; the zz image left out
+    assert data.test.labels.tolist() == [1, 2, 0]  # B, C, A; the yy image left out
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "d").rglob("*")) == before
+
+
+def test_domain_words_follow_the_contract(tmp_path: Path) -> None:
+    images = [PILImage.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(4)]
+    train = Dataset.from_dict(
+        {
+            "image": images,
+            "label": ["a", "a", "b", "b"],
+            "domain": ["Herbarium", "photo", "field", "herbarium"],
+        }
+    )
+    DatasetDict({"train": train}).save_to_disk(str(tmp_path / "d"))
+    data = S.load_splits(str(tmp_path / "d"), valid_split=None)
+    assert data.train.domains.tolist() == [0, 1, 1, 0] and data.class_has_field.tolist() == [True, True]
+    bad = Dataset.from_dict({"image": images[:2], "label": ["a", "b"], "domain": ["field", "garden"]})
+    DatasetDict({"train": bad}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(
+        ValueError,
+        match="split 'train': domain values must be \\['herbarium', 'field'\\], found \\['garden'\\]",
+    ):
+        S.load_splits(str(tmp_path / "bad"), valid_split=None)
+
+
+def test_evaluation_label_names_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    images = [PILImage.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
+    train = Dataset.from_dict(
+        {"image": images[:2], "label": [0, 1]},
+        features=Features({"image": Image(), "label": ClassLabel(names=["Abies alba", "Betula"])}),
+    )
+    validation = Dataset.from_dict(
+        {"image": images, "label": [0, 1, 2]},
+        features=Features(
+            {"image": Image(), "label": ClassLabel(names=["Betula", "abies alba", "Abies alba"])}
+        ),
+    )
+    DatasetDict({"train": train, "validation": validation}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(
+        S.DataInputError, match="split 'validation': label names differ only in case \\(Abies alba"
+    ):
+        S.load_splits(str(tmp_path / "d"))

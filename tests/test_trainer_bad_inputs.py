@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_trainer import make_tiny_timm
 
-from autotrain.trainers.image_classification_custom import dataset as D
+from autotrain.trainers.image_classification_custom import splits as S
 from data_prep.testing import write_image
 
 SPECIES = ("Annona glabra", "Bursera simaruba")
@@ -37,7 +37,7 @@ def test_symlinks_leading_outside_the_folder_are_left_out_and_named(tmp_path: Pa
     os.symlink(root / "train" / "Annona glabra" / "0.jpg", root / "train" / "Annona glabra" / "inside.jpg")
 
     with pytest.warns(UserWarning, match="2 symlink\\(s\\) lead outside the data folder") as record:
-        data = D.load_splits(str(root))
+        data = S.load_splits(str(root))
     message = next(str(w.message) for w in record if "symlink" in str(w.message))
     assert "\n" not in message
     assert "train/Annona glabra/outside.jpg" in message and "train/Bursera simaruba/linked" in message

@@ -1,6 +1,6 @@
 """Training augmentation for a whole batch on the training device (``augmentation_device: gpu``).
 
-On a GPU, per-image augmentation in DataLoader workers (``dataset.create_train_transform``, about 10 ms
+On a GPU, per-image augmentation in DataLoader workers (``augment.create_train_transform``, about 10 ms
 per 224 px image on one CPU core) caps throughput at roughly 100 images/s per worker, far below what a
 GPU trains at. :class:`BatchAugment` draws the same kinds of random transforms, independently per
 image, but applies them to a uint8 batch already on the device: one ``grid_sample`` for random resized
@@ -8,9 +8,9 @@ crop + flips + rotation (composed into one affine matrix per image), then bright
 saturation, random grayscale and Gaussian blur as batched tensor arithmetic. The workers only stack
 uint8 arrays, and the host-to-device copy is 4x smaller than float32.
 
-The distributions follow ``create_train_transform`` (same ranges and probabilities for a given
-``strength``); the implementation differs (bilinear ``grid_sample`` without antialiasing, a fixed
-jitter order), so results are close to, not bit-identical with, the CPU path.
+Both paths read their ranges and probabilities from one :class:`~.augment.AugmentationSpec`; the
+implementation differs (bilinear ``grid_sample`` without antialiasing, a fixed jitter order), so
+results are close to, not bit-identical with, the CPU path.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from autotrain.trainers.image_classification_custom.augment import AugmentationSpec
+
 _GRAY = (0.299, 0.587, 0.114)
 
 
@@ -27,24 +29,23 @@ class BatchAugment:
     """Random resized crop, flips, rotation, colour jitter, grayscale and blur on a ``(B, 3, H, W)`` batch.
 
     Args:
-        image_size: Output side.
-        strength: 0 (resize only) .. 2; 1 is the default, as in ``create_train_transform``.
+        image_size: Output side (ignored when ``spec`` is given).
+        strength: 0 (resize only) .. 2; 1 is the default, as in ``create_train_transform`` (ignored when
+            ``spec`` is given).
         generator: Optional ``torch.Generator`` on the batch's device (reproducible draws in tests).
+        spec: The augmentation to apply; default ``AugmentationSpec.from_strength(strength, image_size)``.
     """
 
-    def __init__(self, image_size: int, strength: float = 1.0, generator: torch.Generator | None = None):
-        self.size = int(image_size)
-        self.a = float(strength)
-        self.min_scale = max(0.08, 1.0 - 0.65 * self.a)
-        self.p_vflip = min(0.5, 0.1 * self.a)
-        self.max_degrees = min(180.0, 20.0 * self.a)
-        self.p_rotate = min(1.0, 0.25 * self.a)
-        self.p_jitter = min(1.0, 0.8 * self.a)
-        self.jitter = (0.4 * self.a, 0.4 * self.a, 0.5 * self.a)  # brightness, contrast, saturation
-        self.p_gray = min(1.0, 0.15 * self.a)
-        self.p_blur = min(1.0, 0.2 * self.a)
-        self.blur_kernel = max(3, (self.size // 32) | 1)
-        self.max_sigma = 1.5 * self.a
+    def __init__(
+        self,
+        image_size: int | None = None,
+        strength: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        spec: AugmentationSpec | None = None,
+    ):
+        self.spec = spec if spec is not None else AugmentationSpec.build(image_size, strength)
+        self.size = self.spec.image_size
         self.generator = generator
         self._gray: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # per device, made once
 
@@ -56,19 +57,20 @@ class BatchAugment:
 
     def affine(self, n: int, device: torch.device) -> torch.Tensor:
         """``(n, 2, 3)`` matrices mapping output to input coordinates (``affine_grid`` convention)."""
-        if self.a <= 0:
+        spec = self.spec
+        if spec.identity:
             return torch.eye(2, 3, device=device).expand(n, 2, 3).clone()
-        scale = self._uniform(n, self.min_scale, 1.0, device)
-        log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3), device)
+        scale = self._uniform(n, *spec.crop_scale, device)
+        log_ratio = self._uniform(n, *(math.log(r) for r in spec.crop_ratio), device)
         ratio = torch.exp(log_ratio)
         w = torch.sqrt(scale * ratio).clamp(max=1.0)  # crop width / image width
         h = torch.sqrt(scale / ratio).clamp(max=1.0)
         cx = (2 * self._rand(n, device) - 1) * (1 - w)  # crop centre in [-1, 1] coordinates
         cy = (2 * self._rand(n, device) - 1) * (1 - h)
-        hflip = torch.where(self._rand(n, device) < 0.5, -1.0, 1.0)
-        vflip = torch.where(self._rand(n, device) < self.p_vflip, -1.0, 1.0)
-        angle = self._uniform(n, -self.max_degrees, self.max_degrees, device) * (math.pi / 180)
-        angle = torch.where(self._rand(n, device) < self.p_rotate, angle, torch.zeros_like(angle))
+        hflip = torch.where(self._rand(n, device) < spec.p_hflip, -1.0, 1.0)
+        vflip = torch.where(self._rand(n, device) < spec.p_vflip, -1.0, 1.0)
+        angle = self._uniform(n, -spec.rotation_degrees, spec.rotation_degrees, device) * (math.pi / 180)
+        angle = torch.where(self._rand(n, device) < spec.p_rotate, angle, torch.zeros_like(angle))
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.zeros(n, 2, 3, device=device)
         # input = crop(flip(rotate(output))): rotate the output grid, flip, then scale into the crop box
@@ -82,39 +84,39 @@ class BatchAugment:
 
     def colour(self, x: torch.Tensor) -> torch.Tensor:
         """Brightness, contrast, saturation jitter (together, with ``p_jitter``), grayscale, on [0, 1]."""
-        n, device = x.shape[0], x.device
+        n, device, spec = x.shape[0], x.device, self.spec
         gray_w = self._gray.get((device, x.dtype))
         if gray_w is None:
             gray_w = torch.tensor(_GRAY, dtype=x.dtype).view(1, 3, 1, 1).to(device)
             self._gray[(device, x.dtype)] = gray_w
-        if self.p_jitter > 0:
-            on = (self._rand(n, device) < self.p_jitter).view(n, 1, 1, 1)
-            b, c, s = self.jitter
-            fb = self._uniform(n, max(0.0, 1 - b), 1 + b, device).view(n, 1, 1, 1)
-            fc = self._uniform(n, max(0.0, 1 - c), 1 + c, device).view(n, 1, 1, 1)
-            fs = self._uniform(n, max(0.0, 1 - s), 1 + s, device).view(n, 1, 1, 1)
+        if spec.p_jitter > 0:
+            on = (self._rand(n, device) < spec.p_jitter).view(n, 1, 1, 1)
+            fb, fc, fs = (
+                self._uniform(n, *spec.factor_range(amount), device).view(n, 1, 1, 1)
+                for amount in (spec.brightness, spec.contrast, spec.saturation)
+            )
             y = (x * fb).clamp_(0, 1)
             mean = (y * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
             y = ((y - mean) * fc + mean).clamp_(0, 1)
             gray = (y * gray_w).sum(1, keepdim=True)
             y = ((y - gray) * fs + gray).clamp_(0, 1)
             x = torch.where(on, y, x)
-        if self.p_gray > 0:
-            on = (self._rand(n, device) < self.p_gray).view(n, 1, 1, 1)
+        if spec.p_gray > 0:
+            on = (self._rand(n, device) < spec.p_gray).view(n, 1, 1, 1)
             gray = (x * gray_w).sum(1, keepdim=True).expand_as(x)
             x = torch.where(on, gray, x)
         return x
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian blur of a random subset, each image with its own sigma (separable, grouped conv)."""
-        n = x.shape[0]
-        if self.p_blur <= 0 or self.max_sigma <= 0:
+        n, spec = x.shape[0], self.spec
+        if spec.p_blur <= 0:
             return x
-        chosen = torch.nonzero(self._rand(n, x.device) < self.p_blur).flatten()
+        chosen = torch.nonzero(self._rand(n, x.device) < spec.p_blur).flatten()
         if chosen.numel() == 0:
             return x
-        m, k = chosen.numel(), self.blur_kernel
-        sigma = self._uniform(m, 0.1, max(0.1, self.max_sigma), x.device).view(m, 1)
+        m, k = chosen.numel(), spec.blur_kernel
+        sigma = self._uniform(m, *spec.blur_sigma, x.device).view(m, 1)
         t = torch.arange(k, device=x.device, dtype=x.dtype) - (k - 1) / 2
         kernel = torch.exp(-(t.view(1, k) ** 2) / (2 * sigma.to(x.dtype) ** 2))
         kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (m*3, k)
@@ -132,6 +134,6 @@ class BatchAugment:
         n = x.shape[0]
         grid = F.affine_grid(self.affine(n, x.device), [n, 3, self.size, self.size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if self.a > 0:
+        if not self.spec.identity:
             x = self.blur(self.colour(x))
         return x

@@ -1,4 +1,4 @@
-"""Data for the ArcFace trainer: loading the splits, a decoded-image cache, transforms, samplers.
+"""Data for the ArcFace trainer: the decoded-image cache, the torch dataset, collator and samplers.
 
 The input pipeline is built for CPU speed (the stock trainer decodes and augments every image with
 albumentations in the main process, every epoch):
@@ -9,20 +9,20 @@ albumentations in the main process, every epoch):
    ``ViTImageProcessor`` does (square resize, no crop). At 224 px a training image takes 200 KB
    (258x258x3): 4 GiB, the default ``cache_memory_mb``, holds about 20,000 of them; a larger split
    goes to a memory-mapped file instead;
-2. training augmentation works on uint8 tensors with ``torchvision.transforms.v2`` (in DataLoader
-   workers when ``dataloader_num_workers > 0``); conversion to float and normalisation happen once per
-   batch in the collator, which also returns channels-last tensors;
+2. training augmentation (:mod:`.augment`) works on uint8 tensors with ``torchvision.transforms.v2``
+   (in DataLoader workers when ``dataloader_num_workers > 0``); conversion to float and normalisation
+   happen once per batch in the collator, which also returns channels-last tensors;
 3. samplers are seeded and epoch-aware, so a resumed run replays the same order.
+
+Loading the splits lives in :mod:`.splits`, the augmentation spec in :mod:`.augment`; the names the
+trainer takes from there are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,390 +34,44 @@ from torch.utils.data import Sampler, get_worker_info
 from torchvision.transforms import v2
 
 from autotrain import logger
+from autotrain.trainers.image_classification_custom.augment import (
+    AugmentationSpec,
+    create_train_transform,
+    interpolation_mode,
+)
+from autotrain.trainers.image_classification_custom.splits import (
+    DataInputError,
+    PreparedData,
+    SplitData,
+    load_splits,
+    open_dataset_dict,
+)
+from data_prep.contract import DOMAINS, FIELD, resampling
 
-DOMAIN_NAMES = ("herbarium", "field")
-FIELD = 1
+#: The domain names in id order (``data_prep.contract.DOMAINS``), kept under the trainer's old name.
+DOMAIN_NAMES = DOMAINS
 TRAIN_CACHE_FACTOR = 1.15
-_PIL_FILTERS = {
-    "nearest": PILImage.Resampling.NEAREST,
-    "bilinear": PILImage.Resampling.BILINEAR,
-    "bicubic": PILImage.Resampling.BICUBIC,
-    "lanczos": PILImage.Resampling.LANCZOS,
-    "box": PILImage.Resampling.BOX,
-    "hamming": PILImage.Resampling.HAMMING,
-}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-
-# ------------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------------
-
-
-class DataInputError(ValueError):
-    """A data problem the user must fix (wrong folder layout, unlabelled images): one line, names the place.
-
-    ``python -m autotrain.trainers.image_classification_custom`` prints it as the last line and exits 2;
-    the traceback goes to the log at DEBUG level.
-    """
-
-
-@dataclass
-class SplitData:
-    """One split: the HF dataset (images not decoded), labels and domains as numpy arrays."""
-
-    name: str
-    dataset: Any
-    labels: np.ndarray
-    domains: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class PreparedData:
-    """The splits the trainer uses and the label order (from the training split's ``ClassLabel``)."""
-
-    class_names: list[str]
-    train: SplitData
-    validation: SplitData | None = None
-    test: SplitData | None = None
-    has_domains: bool = True
-    source: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def class_has_field(self) -> np.ndarray:
-        """(C,) True where the training split has a field photo of the class."""
-        has = np.zeros(len(self.class_names), dtype=bool)
-        has[np.unique(self.train.labels[self.train.domains == FIELD])] = True
-        return has
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
-
-
-def open_dataset_dict(data_path: str, token: str | None = None, config_name: str | None = None):
-    """Open ``data_path`` as a ``DatasetDict``.
-
-    Accepts a folder written by ``save_to_disk`` (a ``DatasetDict`` such as data_prep's output, or a
-    single ``Dataset``, used as ``train``), a plain image folder (``imagefolder``: class subfolders,
-    optionally under ``train/``, ``validation/``, ``test/``), or a Hub dataset id.
-
-    Raises:
-        FileNotFoundError: ``data_path`` is neither an existing folder nor a loadable Hub dataset.
-    """
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    path = Path(data_path)
-    if path.is_dir():
-        if _is_saved_dataset(path):
-            loaded = load_from_disk(str(path))
-            if isinstance(loaded, Dataset):
-                loaded = DatasetDict({"train": loaded})
-            return loaded, "saved"
-        return load_dataset("imagefolder", data_dir=str(path)), "imagefolder"
-    if path.exists():
-        raise FileNotFoundError(f"data_path {data_path!r} is a file, not a dataset folder")
-    hint = (
-        f" (build it with `python -m data_prep build <image folder> --out {data_path}`)"
-        if path.name == "autotrain-data"
-        else ""
-    )
-    if not _HUB_ID.match(data_path):
-        raise FileNotFoundError(
-            f"data_path {data_path!r} does not exist (working directory: {os.getcwd()}){hint}"
-        )
-    try:
-        return load_dataset(data_path, name=config_name, token=token), "hub"
-    except Exception as err:
-        raise FileNotFoundError(
-            f"data_path {data_path!r} is not an existing folder (working directory: {os.getcwd()}) and "
-            f"could not be loaded as a Hub dataset ({type(err).__name__}: {err}){hint}"
-        ) from err
-
-
-def _links_outside(root: Path) -> list[str]:
-    """Paths (relative to ``root``, POSIX) of the symlinks under ``root`` that resolve outside it.
-
-    Links are not followed while walking (a linked folder outside is reported, not entered), as in
-    data_prep's ``outside_root`` finding.
-    """
-    from data_prep.layouts import _inside
-
-    found: list[str] = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        for name in sorted(dirs) + sorted(files):
-            path = Path(folder) / name
-            if path.is_symlink() and not _inside(path, root):
-                found.append(path.relative_to(root).as_posix())
-    return sorted(found)
-
-
-def _leave_out_links_outside(dd, data_path: str, image_column: str) -> tuple[Any, str | None]:
-    """Drop the rows of an image folder whose file resolves outside ``data_path`` (a symlink leading out of
-    the collection); returns the dataset and a warning naming what was left out (None when nothing)."""
-    from datasets import DatasetDict
-    from datasets import Image as ImageFeature
-
-    from data_prep.layouts import _inside
-
-    root = Path(data_path)
-    outside = _links_outside(root)
-    if not outside:
-        return dd, None
-    kept = {}
-    for split, ds in dd.items():
-        if image_column in ds.column_names and isinstance(ds.features[image_column], ImageFeature):
-            paths = ds.cast_column(image_column, ImageFeature(decode=False))[image_column]
-            rows = [i for i, item in enumerate(paths) if not item.get("path") or _inside(item["path"], root)]
-            if len(rows) < len(ds):
-                ds = ds.select(rows)
-        kept[split] = ds
-    shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
-    note = (
-        f"{data_path}: {len(outside)} symlink(s) lead outside the data folder and are left out (not followed, "
-        f"nothing there is read): {shown}; copy those files into the folder to train on them"
-    )
-    return DatasetDict(kept), note
-
-
-def _class_names(dataset, column: str) -> list[str]:
-    feature = dataset.features[column]
-    names = getattr(feature, "names", None)
-    if names:
-        return list(names)
-    return sorted({str(v) for v in dataset[column]})
-
-
-def _check_imagefolder(dd, data_path: str, target_column: str) -> None:
-    """Refuse an image folder whose images sit directly in ``train/`` (or ``validation/``...) with no
-    species folders: ``imagefolder`` gives them no label (``None``)."""
-    for split, ds in dd.items():
-        values = ds[target_column] if target_column in ds.column_names else [None] * len(ds)
-        unlabelled = sum(v is None for v in values)
-        if unlabelled:
-            folder = Path(data_path) / split
-            where = folder if folder.is_dir() else Path(data_path)
-            raise DataInputError(
-                f"{where}: {unlabelled} image(s) not inside a species folder; expected one folder per species, "
-                f"{where}/<species>/<image> (e.g. {where}/Quercus robur/1.jpg), or a dataset built with "
-                "`python -m data_prep build`"
-            )
-
-
-def _labels(
-    dataset, column: str, class_names: Sequence[str], split: str, unknown: set[str] | None = None
-) -> np.ndarray:
-    """Label ids into ``class_names``; names not in it raise, or (with ``unknown``) are added there, id -1."""
-    feature = dataset.features[column]
-    names = getattr(feature, "names", None)
-    index = {name: i for i, name in enumerate(class_names)}
-    values = dataset[column]
-    missing = sum(v is None or (bool(names) and v < 0) for v in values)  # ClassLabel -1: no label
-    if missing:
-        raise DataInputError(
-            f"split {split!r}: {missing} image(s) without a {column!r} value; give every image a label "
-            "(or leave those images out)"
-        )
-    if names:
-        if list(names) == list(class_names):
-            return np.asarray(values, dtype=np.int64)
-        values = [names[v] for v in values]
-    found = sorted({str(v) for v in values} - set(index))
-    if found and unknown is None:
-        raise ValueError(f"split {split!r} has classes that the training split lacks: {found[:10]}")
-    if found:
-        unknown.update(found)
-    return np.asarray([index.get(str(v), -1) for v in values], dtype=np.int64)
-
-
-def _domains(dataset, column: str, split: str) -> np.ndarray | None:
-    if column not in dataset.column_names:
-        return None
-    feature = dataset.features[column]
-    names = getattr(feature, "names", None)
-    values = dataset[column]
-    if names:
-        values = [names[v] for v in values]
-    values = [str(v).lower() for v in values]
-    unknown = sorted(set(values) - set(DOMAIN_NAMES))
-    if unknown:
-        raise ValueError(f"split {split!r}: domain values must be {list(DOMAIN_NAMES)}, found {unknown}")
-    return np.asarray([DOMAIN_NAMES.index(v) for v in values], dtype=np.int64)
-
-
-def _warn(notes: list[str], note: str) -> None:
-    """A data note of :func:`load_splits`: a Python warning (for the caller), the log, and ``notes``."""
-    warnings.warn(note, stacklevel=3)
-    logger.warning(note)
-    notes.append(note)
-
-
-def load_splits(
-    data_path: str,
-    train_split: str = "train",
-    valid_split: str | None = "validation",
-    test_split: str | None = "test",
-    image_column: str = "image",
-    target_column: str = "label",
-    domain_column: str = "domain",
-    token: str | None = None,
-    test_split_required: bool = False,
-    valid_split_required: bool = True,
-) -> PreparedData:
-    """Load the training, validation and (when present) test splits with labels and domains.
-
-    Args:
-        data_path: See :func:`open_dataset_dict`.
-        train_split: Training split; ``config:split`` selects a Hub dataset configuration.
-        valid_split: Validation split or None.
-        test_split: Test split or None; a missing test split is skipped unless ``test_split_required``.
-        image_column: Image column.
-        target_column: Label column (``ClassLabel``, or strings encoded in sorted order).
-        domain_column: Domain column; when missing, every image counts as a field photo (warned).
-        token: Hub token for private datasets.
-        test_split_required: Raise when ``test_split`` is missing.
-        valid_split_required: Raise when ``valid_split`` is missing (otherwise: warn, no validation).
-            An empty validation or test split is always skipped with a warning (what data_prep writes
-            when no species has enough field photos for validation).
-
-    Raises:
-        FileNotFoundError: see :func:`open_dataset_dict`.
-        ValueError: a missing split or column, an empty training split, or classes in an evaluation
-            split unknown to training.
-    """
-    config_name = None
-    if ":" in train_split:
-        config_name, train_split = train_split.split(":", 1)
-    strip = lambda s: s.split(":", 1)[1] if s and ":" in s else s  # noqa: E731
-    valid_split, test_split = strip(valid_split), strip(test_split)
-
-    dd, kind = open_dataset_dict(data_path, token=token, config_name=config_name)
-    notes = []
-    if kind == "imagefolder":
-        dd, note = _leave_out_links_outside(dd, data_path, image_column)
-        if note:
-            _warn(notes, note)
-        _check_imagefolder(dd, data_path, target_column)
-    splits = list(dd.keys())
-    if train_split not in dd:
-        raise ValueError(f"train_split {train_split!r} not in {data_path!r} (splits: {splits})")
-    if valid_split is not None and valid_split not in dd:
-        message = (
-            f"valid_split {valid_split!r} not in {data_path!r} (splits: {splits}); set valid_split to null "
-            "to train without validation"
-        )
-        if valid_split_required:
-            raise ValueError(message)
-        note = f"{message}: training without validation (no early stopping, last epoch kept)"
-        _warn(notes, note)
-        valid_split = None
-    if test_split is not None and test_split not in dd:
-        if test_split_required:
-            raise ValueError(f"test_split {test_split!r} not in {data_path!r} (splits: {splits})")
-        test_split = None
-    if len(dd[train_split]) == 0:
-        raise ValueError(f"train split {train_split!r} is empty in {data_path!r}: nothing to train on")
-    # An empty split (data_prep saves an empty validation split when no species has two field photos)
-    # is treated like a missing one, whether or not it was named explicitly: the data was found, there
-    # is just nothing in it to evaluate.
-    if valid_split is not None and len(dd[valid_split]) == 0:
-        note = (
-            f"validation split {valid_split!r} is empty in {data_path!r}: training without validation, so "
-            "no epoch selection (the last epoch is kept) and no early stopping"
-        )
-        _warn(notes, note)
-        valid_split = None
-    if test_split is not None and len(dd[test_split]) == 0:
-        note = f"test split {test_split!r} is empty in {data_path!r}: skipped, no test metrics"
-        _warn(notes, note)
-        test_split = None
-
-    train = dd[train_split]
-    for column in (image_column, target_column):
-        if column not in train.column_names:
-            raise ValueError(
-                f"{'image_column' if column == image_column else 'target_column'}: column {column!r} not in "
-                f"split {train_split!r} (columns: {train.column_names})"
-            )
-    class_names = _class_names(train, target_column)
-    # Labels with no training image cannot be learned (no prototype, no gradient): they are left out,
-    # with their evaluation images, and the warning names them. ``class_has_field`` (and with it the
-    # "herbarium only" group of metrics.json and the model card) then counts only classes that have
-    # herbarium sheets or field photos to train on.
-    train_ids = _labels(train, target_column, class_names, train_split)
-    present = np.unique(train_ids)
-    trained = set(present.tolist())
-    dropped_names = [c for i, c in enumerate(class_names) if i not in trained]
-    remap = np.full(len(class_names), -1, dtype=np.int64)
-    remap[present] = np.arange(len(present))
-    full_names, class_names = class_names, [class_names[i] for i in present]
-    if len(class_names) < 2:
-        raise ValueError(
-            f"{data_path!r}: need at least 2 classes with training images, found {len(class_names)}"
-            + (f" ({len(dropped_names)} more label(s) have no training image)" if dropped_names else "")
-        )
-
-    has_domains = domain_column in train.column_names
-    if not has_domains:
-        note = (
-            f"domain_column {domain_column!r} not in {data_path!r} ({kind}): every image is treated as a "
-            "field photo; per-domain metrics and class_domain_balanced sampling degrade to class-level"
-        )
-        _warn(notes, note)
-
-    left_out: dict[str, int] = {}  # evaluation split -> images of dropped classes
-    eval_only: set[str] = set()  # string labels found only in an evaluation split
-
-    def make(name: str | None) -> SplitData | None:
-        if name is None:
-            return None
-        ds = dd[name]
-        for column in (image_column, target_column):
-            if column not in ds.column_names:
-                raise ValueError(f"column {column!r} not in split {name!r} (columns: {ds.column_names})")
-        ids = _labels(ds, target_column, full_names, name, None if name == train_split else eval_only)
-        labels = np.where(ids >= 0, remap[np.maximum(ids, 0)], -1)
-        domains = _domains(ds, domain_column, name) if has_domains else None
-        if domains is None:
-            domains = np.full(len(labels), FIELD, dtype=np.int64)
-        ds = ds.select_columns([image_column])
-        known = labels >= 0
-        if not known.all():
-            left_out[name] = int((~known).sum())
-            rows = np.flatnonzero(known)
-            ds, labels, domains = ds.select(rows), labels[rows], domains[rows]
-        return SplitData(name=name, dataset=ds, labels=labels, domains=domains)
-
-    train_data, valid_data, test_data = make(train_split), make(valid_split), make(test_split)
-    emptied = [d.name for d in (valid_data, test_data) if d is not None and len(d) == 0]
-    valid_data = None if valid_data is not None and len(valid_data) == 0 else valid_data
-    test_data = None if test_data is not None and len(test_data) == 0 else test_data
-    dropped_names += sorted(eval_only)
-    if dropped_names:
-        shown = ", ".join(dropped_names[:20]) + (
-            f" and {len(dropped_names) - 20} more" if len(dropped_names) > 20 else ""
-        )
-        evaluated = "; ".join(f"{n} {split} image(s) of them not evaluated" for split, n in left_out.items())
-        note = (
-            f"{len(dropped_names)} label(s) of {data_path!r} have no training image and are left out (the "
-            f"model has {len(class_names)} classes): {shown}"
-            + (f"; {evaluated}" if evaluated else "")
-            + (f"; split(s) {', '.join(emptied)} left empty and skipped" if emptied else "")
-        )
-        _warn(notes, note)
-    return PreparedData(
-        class_names=class_names,
-        train=train_data,
-        validation=valid_data,
-        test=test_data,
-        has_domains=has_domains,
-        source=kind,
-        notes=notes,
-    )
+__all__ = [
+    "DOMAIN_NAMES",
+    "FIELD",
+    "TRAIN_CACHE_FACTOR",
+    "AugmentationSpec",
+    "BalancedSampler",
+    "CachedImageDataset",
+    "DataInputError",
+    "NormalizeCollator",
+    "PreparedData",
+    "SplitData",
+    "cache_budget_note",
+    "create_sampler",
+    "create_train_transform",
+    "decode_images",
+    "load_splits",
+    "open_dataset_dict",
+    "resize_uint8",
+    "train_cache_size",
+]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -493,7 +147,7 @@ def decode_images(
         array = np.empty((n, size, size, 3), dtype=np.uint8)
     if isinstance(dataset.features.get(image_column), ImageFeature):
         dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
-    resample = _PIL_FILTERS.get(interpolation, PILImage.Resampling.BILINEAR)
+    resample = resampling(interpolation)
     threads = num_threads or max(1, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, n, chunk):
@@ -515,46 +169,6 @@ def decode_images(
 def train_cache_size(image_size: int, augmentation: float) -> int:
     """Side of the cached training images: room for random crops when augmenting."""
     return int(round(image_size * TRAIN_CACHE_FACTOR)) if augmentation > 0 else image_size
-
-
-def create_train_transform(
-    image_size: int, strength: float = 1.0, interpolation: str = "bilinear"
-) -> v2.Compose:
-    """Augmentation on uint8 ``(3, H, W)`` tensors that narrows the herbarium/field gap.
-
-    Herbarium sheets are flat, pale, dried and arbitrarily oriented; field photos are green, cluttered
-    and partial. Random resized crops (scale down to ``1 - 0.65 * strength``), flips, rotation,
-    brightness/contrast/saturation jitter, random grayscale and blur make the model rely on shape and
-    venation rather than framing, lighting and paper tone. Hue is left alone: flower colour identifies
-    species (and hue jitter costs ~10 ms per image). ``strength`` scales every probability and range;
-    0 returns a plain resize. About 10 ms per 224 px image on one CPU core at strength 1.
-
-    Args:
-        image_size: Output side.
-        strength: 0 (none) .. 2 (strongest); 1 is the default.
-        interpolation: Resize filter name.
-    """
-    mode = v2.InterpolationMode.BICUBIC if interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
-    if strength <= 0:
-        return v2.Compose([v2.Resize((image_size, image_size), interpolation=mode, antialias=True)])
-    a = float(strength)
-    min_scale = max(0.08, 1.0 - 0.65 * a)
-    blur_kernel = max(3, (image_size // 32) | 1)
-    # Probabilities keep the costly ops (rotation, hue: ~10 ms per 224 px image on one core) occasional.
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), interpolation=mode, antialias=True),
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomVerticalFlip(p=min(0.5, 0.1 * a)),
-            v2.RandomApply([v2.RandomRotation(degrees=min(180.0, 20.0 * a))], p=min(1.0, 0.25 * a)),
-            v2.RandomApply(
-                [v2.ColorJitter(brightness=0.4 * a, contrast=0.4 * a, saturation=0.5 * a)],
-                p=min(1.0, 0.8 * a),
-            ),
-            v2.RandomGrayscale(p=min(1.0, 0.15 * a)),
-            v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 1.5 * a))], p=min(1.0, 0.2 * a)),
-        ]
-    )
 
 
 class CachedImageDataset(TorchDataset):
@@ -655,8 +269,9 @@ def resize_uint8(images: np.ndarray, size: int, interpolation: str = "bilinear")
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    mode = v2.InterpolationMode.BICUBIC if interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
-    return v2.functional.resize(x, [size, size], interpolation=mode, antialias=True)
+    return v2.functional.resize(
+        x, [size, size], interpolation=interpolation_mode(interpolation), antialias=True
+    )
 
 
 # ------------------------------------------------------------------------------------------------------

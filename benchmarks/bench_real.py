@@ -87,11 +87,11 @@ def frozen_prototypes(
 
     from autotrain.trainers.image_classification_custom import metrics as M
     from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator, decode_images
+    from autotrain.trainers.image_classification_custom.embedder import Embedder, prototype_logits
     from autotrain.trainers.image_classification_custom.modeling_arcface import (
         EMBEDDED_BACKBONE,
         create_arcface_model,
     )
-    from autotrain.trainers.image_classification_custom.training import compute_features, prototype_logits
 
     ds = load_from_disk(str(dataset))
     names = ds["train"].features["label"].names
@@ -105,7 +105,7 @@ def frozen_prototypes(
 
     def feats(split):
         images = decode_images(ds[split], "image", size=size, interpolation=interp)
-        return compute_features(model, images, collator, 64, device, size, interp)
+        return Embedder(model, collator, 64, size, interp, device).features(images)
 
     train_labels = np.asarray(ds["train"]["label"])
     has_field = M.classes_with_field_photos(train_labels, np.asarray(ds["train"]["domain"]), len(names))

@@ -10,8 +10,9 @@ import torch
 from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import metrics as M
+from autotrain.trainers.image_classification_custom.embedder import prototype_logits
 from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
-from autotrain.trainers.image_classification_custom.training import apply_wise_ft, prototype_logits
+from autotrain.trainers.image_classification_custom.wise_ft import apply_wise_ft
 from data_prep.cli import main as data_prep_main
 from data_prep.testing import make_folder_tree
 
@@ -156,7 +157,7 @@ def test_temperature_is_fitted_on_field_validation_and_saved(tmp_path, monkeypat
 
 
 def test_without_field_validation_the_default_temperature_is_used_and_said(tmp_path, monkeypatch):
-    from autotrain.trainers.image_classification_custom.training import FALLBACK_TEMPERATURE
+    from autotrain.trainers.image_classification_custom.outputs import FALLBACK_TEMPERATURE
 
     project, metrics = _train(tmp_path, monkeypatch, valid_split=None, tsne=False)
     assert metrics["calibration"]["temperature"] == FALLBACK_TEMPERATURE
@@ -187,7 +188,7 @@ def test_wider_embedding_than_features_starts_as_an_isometry(tmp_path):
 def test_wise_ft_alpha_is_chosen_on_field_validation_and_never_below_the_start(tmp_path, monkeypatch):
     """With field validation photos the saved alpha is the grid's best by validation MRR; alpha 0 (the
     starting prototype model) is a candidate, so the saved model is never worse there than the start."""
-    from autotrain.trainers.image_classification_custom.training import WISE_FT_GRID
+    from autotrain.trainers.image_classification_custom.wise_ft import WISE_FT_GRID
 
     project, metrics = _train(tmp_path, monkeypatch, tsne=False, lr=0.05, head_lr=0.5, backbone_lr=None)
     selection = metrics["wise_ft"]["selection"]

@@ -84,16 +84,3 @@ def test_classes_with_field_photos():
     labels = np.array([0, 0, 1, 2, 2])
     domains = np.array([0, 1, 0, 0, 0])
     assert M.classes_with_field_photos(labels, domains, 4).tolist() == [True, False, False, False]
-
-
-def test_metrics_module_is_numpy_only():
-    import ast
-
-    tree = ast.parse(open(M.__file__, encoding="utf-8").read())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"numpy", "__future__", "collections", "typing"}, imported

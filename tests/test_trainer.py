@@ -123,8 +123,8 @@ def tiny_model(num_classes: int = 4):
 def _trainer(tmp_path, model, **kwargs):
     from transformers import TrainingArguments
 
+    from autotrain.trainers.image_classification_custom.arcface_trainer import ArcFaceTrainer
     from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
-    from autotrain.trainers.image_classification_custom.training import ArcFaceTrainer
 
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, weight_decay=0.1, max_steps=1
@@ -166,7 +166,7 @@ def _batch(model, n=8):
 
 @pytest.mark.parametrize("stage2_batchnorm", ["train", "frozen"])
 def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path, stage2_batchnorm):
-    from autotrain.trainers.image_classification_custom.training import BackboneWarmupCallback
+    from autotrain.trainers.image_classification_custom.callbacks import BackboneWarmupCallback
 
     model = tiny_model()
     trainer = _trainer(tmp_path, model, freeze_batchnorm=stage2_batchnorm == "frozen")
@@ -204,7 +204,7 @@ def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path, stage2_batchnorm
 
 def test_resolve_resume(tmp_path, monkeypatch):
     from autotrain.trainers.image_classification_custom.params import load_params
-    from autotrain.trainers.image_classification_custom.training import resolve_resume
+    from autotrain.trainers.image_classification_custom.stages import resolve_resume
 
     monkeypatch.chdir(tmp_path)
     assert resolve_resume(load_params({"project_name": "p"})) is None
@@ -225,8 +225,8 @@ def test_resolve_resume(tmp_path, monkeypatch):
 
 
 def test_auto_logging_steps():
+    from autotrain.trainers.image_classification_custom.arcface_trainer import auto_logging_steps
     from autotrain.trainers.image_classification_custom.params import load_params
-    from autotrain.trainers.image_classification_custom.training import auto_logging_steps
 
     p = load_params({"batch_size": 8})
     assert auto_logging_steps(40, p, 1) == 1
@@ -235,7 +235,7 @@ def test_auto_logging_steps():
 
 
 def test_throughput_summary():
-    from autotrain.trainers.image_classification_custom.training import ThroughputCallback
+    from autotrain.trainers.image_classification_custom.callbacks import ThroughputCallback
 
     cb = ThroughputCallback(dataset_len=100, warmup_epochs=1)
     cb.epochs = [
@@ -266,13 +266,13 @@ class FakeHfApi:
 
 
 def test_push_uses_repo_id_private_and_skips_checkpoints(monkeypatch, tmp_path):
-    from autotrain.trainers.image_classification_custom import training
+    from autotrain.trainers.image_classification_custom import outputs
     from autotrain.trainers.image_classification_custom.params import load_params
 
     FakeHfApi.calls = []
-    monkeypatch.setattr(training, "HfApi", FakeHfApi)
+    monkeypatch.setattr(outputs, "HfApi", FakeHfApi)
     config = load_params({"push_to_hub": True, "username": "me", "token": "hf_x", "project_name": "p"})
-    assert training.push_folder_to_hub(config, str(tmp_path)) == "me/p"
+    assert outputs.push_folder_to_hub(config, str(tmp_path)) == "me/p"
     kinds = [c[0] for c in FakeHfApi.calls]
     assert kinds == ["init", "create_repo", "upload_folder"]
     create = FakeHfApi.calls[1][1]
@@ -320,13 +320,145 @@ def test_model_card_metadata_and_tables(tmp_path):
     assert "base_model" not in meta
 
 
-def test_tsne_plot(tmp_path):
-    from autotrain.trainers.image_classification_custom.model_card import plot_tsne
+def test_tsne_plot_draws_each_embedding_in_its_species_colour_and_keeps_clusters_apart(tmp_path):
+    """The figure's points are the embeddings' points: each drawn point sits at the t-SNE coordinates of
+    one embedding, in its species' colour and its domain's marker, and four well-separated species in the
+    input stay four separate clusters in the map."""
+    from sklearn.metrics import silhouette_score
+
+    from autotrain.trainers.image_classification_custom.model_card import plot_tsne, species_colour
 
     rng = np.random.default_rng(0)
-    emb = rng.normal(size=(24, 8))
-    path = plot_tsne(emb, np.arange(24) % 4, np.arange(24) % 2, CLASS_NAMES, str(tmp_path / "t.png"))
-    assert Path(path).stat().st_size > 1000
+    labels = rng.permutation(np.arange(40) % 4)
+    domains = rng.integers(0, 2, 40)
+    embeddings = 10 * np.eye(16)[labels] + rng.normal(0, 0.5, (40, 16))  # one direction per species
+    plot = plot_tsne(embeddings, labels, domains, CLASS_NAMES, str(tmp_path / "t.png"))
+    assert Path(plot.path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.coordinates.shape == (40, 2) and plot.points.shape == (40, 2)
+    gaps = np.linalg.norm(plot.points[:, None] - plot.coordinates[None], axis=2)
+    which = gaps.argmin(axis=1)  # the embedding each drawn point belongs to
+    np.testing.assert_allclose(gaps.min(axis=1), 0.0, atol=1e-6)
+    assert sorted(which.tolist()) == list(range(40))  # every embedding drawn once
+    np.testing.assert_allclose(plot.colours[:, :3], [species_colour(c, 4)[:3] for c in labels[which]])
+    assert plot.domains.tolist() == domains[which].tolist()
+    assert len({species_colour(c, 4) for c in range(4)}) == 4
+    assert silhouette_score(plot.coordinates, labels) > 0.5  # the clusters stay apart, by species
+    nearest = np.linalg.norm(plot.coordinates[:, None] - plot.coordinates[None], axis=2)
+    np.fill_diagonal(nearest, np.inf)
+    assert (labels[nearest.argmin(axis=1)] == labels).all()
+
+
+def test_embedder_gives_the_numbers_of_a_direct_model_pass():
+    from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
+    from autotrain.trainers.image_classification_custom.embedder import Embedder
+
+    model = tiny_model()
+    model.train()
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    collator = NormalizeCollator(model.config.image_mean, model.config.image_std)
+    embedder = Embedder(model, collator, 3, 32, "bilinear", torch.device("cpu"))
+    features = embedder.features(images)
+    embeddings, logits = embedder.embed_and_logits(images)
+    order = np.array([5, 0, 3])
+    some_embeddings, some_logits = embedder.embed_and_logits(images, order)
+    assert model.training  # the mode is restored
+
+    mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(features, model.forward_features(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(embeddings, model.embed(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(logits, model(pixel_values=x).logits.numpy(), atol=1e-3)
+    np.testing.assert_allclose(some_embeddings, embeddings[order], atol=1e-5)
+    np.testing.assert_allclose(some_logits, logits[order], atol=1e-4)
+    assert features.dtype == embeddings.dtype == logits.dtype == np.float32
+
+
+def test_tsne_points_sample_and_keep_labels_with_their_embeddings(monkeypatch):
+    from autotrain.trainers.image_classification_custom import outputs
+    from autotrain.trainers.image_classification_custom.dataset import SplitData
+
+    def points(labels, domains):  # an embedding that names its own label and domain
+        return outputs.LabelledEmbeddings(np.stack([labels, domains], 1).astype(float), labels, domains)
+
+    monkeypatch.setattr(outputs, "TSNE_MAX_EVAL", 5)
+    validation = points(np.arange(8) % 3, np.ones(8, int))
+    train = SplitData("train", None, np.arange(6) % 4, np.array([0, 1, 0, 0, 1, 0]))
+    embedded = []
+
+    def embed_train(indices):
+        embedded.append(indices.tolist())
+        return np.stack([train.labels[indices], train.domains[indices]], 1).astype(float)
+
+    out = outputs.tsne_points({"validation": validation}, train, embed_train, seed=0)
+    assert embedded == [[0, 2, 3, 5]]  # the training herbarium sheets only
+    assert len(out) == 5 + 4
+    assert out.labels.tolist() == out.embeddings[:, 0].astype(int).tolist()
+    assert out.domains.tolist() == out.embeddings[:, 1].astype(int).tolist() == [1] * 5 + [0] * 4
+
+
+def test_report_files_hold_the_summary(tmp_path):
+    """The outputs stage's files from a summary alone: metrics.json, reliability.png and the card agree."""
+    from autotrain.trainers.image_classification_custom.model_card import format_metric
+    from autotrain.trainers.image_classification_custom.outputs import write_report_files
+    from autotrain.trainers.image_classification_custom.params import load_params
+
+    config = load_params({"project_name": "p"})
+    row = {"lo": 0.6, "hi": 0.7, "n": 3, "confidence": 0.65, "accuracy": 2 / 3}
+    summary = {**_metrics(), "calibration": {"temperature": 1.5, "source": "config", "reliability_field": {}}}
+    write_report_files(tmp_path, config, summary, CLASS_NAMES, tsne_file=None)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == summary
+    card = (tmp_path / "README.md").read_text()
+    assert not (tmp_path / "reliability.png").exists() and "![t-SNE" not in card
+    assert (
+        f"| Classes without field training photos (herbarium only) (`herbarium_only`) | 2 | {format_metric(0.25)}"
+        in card
+    )
+    assert "T = 1.5 (config)" in card
+
+    summary["calibration"]["reliability_field"] = {"validation": [row], "test": []}
+    summary["validation"]["all"]["mrr"] = np.float32(0.625)  # numpy scalars are written as numbers
+    write_report_files(tmp_path, config, summary, CLASS_NAMES, tsne_file="tsne.png")
+    assert json.loads((tmp_path / "metrics.json").read_text())["validation"]["all"]["mrr"] == 0.625
+    card = (tmp_path / "README.md").read_text()
+    assert (tmp_path / "reliability.png").is_file() and "(reliability.png)" in card and "(tsne.png)" in card
+
+
+def test_saved_weights_use_wise_ft_alpha_after_a_report(tmp_path):
+    """WiSE-FT stage alone: the report evaluates its alphas, and the saved weights still mix with
+    ``wise_ft_alpha`` (without field validation photos there is no selection)."""
+    from autotrain.trainers.image_classification_custom.dataset import (
+        NormalizeCollator,
+        PreparedData,
+        SplitData,
+    )
+    from autotrain.trainers.image_classification_custom.params import load_params
+    from autotrain.trainers.image_classification_custom.stages import ImageCaches, RunContext
+    from autotrain.trainers.image_classification_custom.wise_ft import choose_saved_weights
+
+    model = tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.projection.weight.add_(1.0)
+    tuned = model.projection.weight.detach().clone()
+    labels = np.arange(8) % 4
+    test = SplitData("test", None, labels, np.ones(8, int))
+    ctx = RunContext(
+        load_params({"project_name": "p", "wise_ft_alpha": 0.25, "wise_ft_report": [0.0, 1.0]}),
+        state=None,
+        data=PreparedData(CLASS_NAMES, train=SplitData("train", None, labels, np.zeros(8, int)), test=test),
+        model=model,
+        collator=NormalizeCollator(model.config.image_mean, model.config.image_std),
+        caches=ImageCaches(None, {"test": np.zeros((8, 32, 32, 3), np.uint8)}, 0.0),
+        start_weights=start,
+    )
+    wise_ft = choose_saved_weights(ctx, ctx.embedder())
+    assert wise_ft["alpha"] == 0.25 and wise_ft["selection"] is None
+    assert [row["alpha"] for row in wise_ft["report"]] == [0.0, 1.0] and "test" in wise_ft["report"][0]
+    expected = torch.lerp(start["projection.weight"], tuned, 0.25)
+    torch.testing.assert_close(model.projection.weight.detach(), expected)
 
 
 def test_failed_run_exits_non_zero(monkeypatch, tmp_path):

@@ -230,7 +230,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 def test_push_to_hub_uploads_the_folder_and_no_token(tmp_path, monkeypatch):
     """In-process run with HfApi replaced by a fake: what would be uploaded, and no token on disk."""
     from autotrain import logger
-    from autotrain.trainers.image_classification_custom import training
+    from autotrain.trainers.image_classification_custom import callbacks, outputs
     from autotrain.trainers.image_classification_custom.__main__ import train
 
     calls = []
@@ -248,7 +248,8 @@ def test_push_to_hub_uploads_the_folder_and_no_token(tmp_path, monkeypatch):
             calls.append(("upload_folder", {**kwargs, "files": files}))
 
     token = "hf_SECRETtoken1234567890"
-    monkeypatch.setattr(training, "HfApi", FakeHfApi)
+    monkeypatch.setattr(outputs, "HfApi", FakeHfApi)  # the final upload
+    monkeypatch.setattr(callbacks, "HfApi", FakeHfApi)  # the TensorBoard logs during training
     monkeypatch.chdir(tmp_path)
     make_tiny_dataset(tmp_path / "data")
     make_tiny_timm(tmp_path / "tiny-timm")

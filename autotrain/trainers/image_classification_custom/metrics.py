@@ -1,4 +1,4 @@
-"""Retrieval-style classification metrics, overall and split by domain and by class group (numpy only).
+"""Retrieval-style classification metrics, overall and split by domain and by class group.
 
 PlantCLEF ranks species per image and scores the mean reciprocal rank (MRR) of the true species; we
 report it with top-1/top-5 accuracy and macro-F1. Every metric is computed on the evaluated images only,
@@ -9,8 +9,8 @@ so a validation split that lacks some training classes (species without field ph
 - MRR: mean of 1/rank of the true class, rank = 1 + number of classes scored strictly higher (ties are
   resolved in the image's favour);
 - macro-F1: mean F1 of the top-1 predictions over the classes present in the evaluated images' labels
-  (a class absent from them has no recall to measure; predicting it still costs the true class its
-  recall and counts as a false positive nowhere else).
+  (scikit-learn's ``f1_score``; a class absent from them has no recall to measure; predicting it still
+  costs the true class its recall and counts as a false positive nowhere else).
 
 - ECE: expected calibration error of the softmax of the scores (which must then be logits): the
   images are binned by top-1 confidence into 15 equal-width bins, and ECE is the image-weighted mean of
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-DOMAIN_NAMES = ("herbarium", "field")
-FIELD = 1
+from data_prep.contract import DOMAINS, FIELD
+
 GROUP_NAMES = ("with_field", "herbarium_only")
 METRIC_NAMES = ("top1", "top5", "mrr", "macro_f1", "ece")
 ECE_BINS = 15
@@ -60,19 +60,20 @@ def mean_reciprocal_rank(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Mean per-class F1 over the classes present in ``labels``."""
-    predictions = np.asarray(predictions, dtype=np.int64)
+    """Mean per-class F1 of the top-1 ``predictions`` (N,) over the classes present in ``labels`` (N,);
+    NaN without images.
+
+    ``sklearn.metrics.f1_score(average="macro")`` restricted to those classes (``labels=``): a predicted
+    class absent from ``labels`` is not averaged (it has no recall to measure).
+    """
+    from sklearn.metrics import f1_score  # imported when used: the module stays quick to import
+
     labels = np.asarray(labels, dtype=np.int64)
     classes = np.unique(labels)
     if len(classes) == 0:
         return float("nan")
-    f1 = []
-    for c in classes:
-        tp = np.sum((predictions == c) & (labels == c))
-        fp = np.sum((predictions == c) & (labels != c))
-        fn = np.sum((predictions != c) & (labels == c))
-        f1.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1))
+    predictions = np.asarray(predictions, dtype=np.int64)
+    return float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0.0))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -202,7 +203,7 @@ def evaluation_report(
     labels: np.ndarray,
     domains: np.ndarray | None = None,
     class_has_field: np.ndarray | None = None,
-    domain_names: Sequence[str] = DOMAIN_NAMES,
+    domain_names: Sequence[str] = DOMAINS,
 ) -> dict[str, dict[str, float]]:
     """Metrics for ``all`` images and for every non-empty domain and class-group subset.
 
@@ -271,7 +272,7 @@ def best_model_metric(domains: np.ndarray | None) -> str:
 def make_compute_metrics(
     domains: np.ndarray | None,
     class_has_field: np.ndarray | None,
-    domain_names: Sequence[str] = DOMAIN_NAMES,
+    domain_names: Sequence[str] = DOMAINS,
 ) -> Callable[[Any], dict[str, float]]:
     """A ``compute_metrics`` for ``transformers.Trainer`` that knows the eval set's domains and groups.
 

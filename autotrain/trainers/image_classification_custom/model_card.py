@@ -10,17 +10,17 @@ Hub token.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from autotrain.trainers.image_classification_custom.embedding_map import fit_tsne
 from autotrain.trainers.image_classification_custom.metrics import METRIC_NAMES
+from data_prep.contract import FIELD, HERBARIUM, is_hub_id
 
-EMBEDDED_BACKBONE = "efficientnet_lite0-offline"
 CARD_TAGS = ["arcface", "plant", "herbarium", "autotrain", "image-classification", "plantclef"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SUBSET_TITLES = {
     "all": "All images",
     "field": "Field photos",
@@ -29,13 +29,6 @@ SUBSET_TITLES = {
     "herbarium_only": "Classes without field training photos (herbarium only)",
 }
 METRIC_TITLES = {"top1": "Top-1", "top5": "Top-5", "mrr": "MRR", "macro_f1": "Macro-F1", "ece": "ECE"}
-
-
-def is_hub_id(name: str | None) -> bool:
-    """True for ``owner/name`` strings that are not local paths (and not the embedded backbone)."""
-    if not name or name == EMBEDDED_BACKBONE or os.path.exists(name):
-        return False
-    return bool(_HUB_ID.match(name.removeprefix("hf-hub:")))
 
 
 def format_metric(value: Any) -> str:
@@ -71,7 +64,7 @@ def _card_data(params: Mapping[str, Any], metrics: Mapping[str, Any], project_na
         if not report:
             continue
         subset = "field" if "field" in report else "all"
-        dataset_type = data_path if is_hub_id(data_path) else "imagefolder"
+        dataset_type = data_path if is_hub_id(data_path, namespaced=True) else "imagefolder"
         for key, mtype in (
             ("top1", "accuracy"),
             ("top5", "top_5_accuracy"),
@@ -96,8 +89,8 @@ def _card_data(params: Mapping[str, Any], metrics: Mapping[str, Any], project_na
     return ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
-        base_model=model.removeprefix("hf-hub:") if is_hub_id(model) else None,
-        datasets=[data_path] if is_hub_id(data_path) else None,
+        base_model=model.removeprefix("hf-hub:") if is_hub_id(model, namespaced=True) else None,
+        datasets=[data_path] if is_hub_id(data_path, namespaced=True) else None,
         tags=CARD_TAGS,
         model_name=project_name,
         eval_results=eval_results or None,
@@ -123,14 +116,29 @@ def render_model_card(
         reliability_file: Relative path of the reliability diagram, when written.
     """
     project = params.get("project_name", "model")
-    data = _card_data(params, metrics, project)
-    where = repo_id or project
+    lines = ["---", _card_data(params, metrics, project).to_yaml(), "---", ""]
+    lines += _intro_lines(params, metrics, class_names, project)
+    lines += _usage_lines(repo_id or project)
+    lines += _metrics_lines(metrics)
+    lines += _selection_and_calibration(params, metrics, reliability_file)
+    if tsne_file:
+        lines += [
+            "## Embeddings (t-SNE)",
+            "",
+            f"![t-SNE of the embeddings, coloured by species; circles: field photos, triangles: herbarium "
+            f"sheets]({tsne_file})",
+            "",
+        ]
+    lines += ["## Training parameters", "", "```json", _json(params), "```", ""]
+    return "\n".join(lines)
+
+
+def _intro_lines(
+    params: Mapping[str, Any], metrics: Mapping[str, Any], class_names: Sequence[str], project: str
+) -> list[str]:
+    """Card lines: title, what the model is, classes, ArcFace and training settings."""
     classes = metrics.get("classes", {})
-    lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
+    return [
         f"# {project}: herbarium-to-field plant identification (ArcFace)",
         "",
         f"An ArcFace-headed `{params.get('model')}` backbone fine-tuned with AutoTrain's "
@@ -148,6 +156,12 @@ def render_model_card(
         f"`{params.get('sampling')}`, augmentation {params.get('augmentation')}, image size "
         f"{metrics.get('image_size', params.get('image_size'))}",
         "",
+    ]
+
+
+def _usage_lines(where: str) -> list[str]:
+    """Card lines: the ``pipeline`` snippet for the model at ``where`` (Hub id or folder)."""
+    return [
         "## Usage",
         "",
         "```python",
@@ -161,6 +175,11 @@ def render_model_card(
         "timm and never downloads the original backbone weights.",
         "",
     ]
+
+
+def _metrics_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Card lines: the metrics table of each evaluation split, then the "before training" tables."""
+    lines = []
     for split in ("validation", "test"):
         report = metrics.get(split)
         if report:
@@ -178,24 +197,7 @@ def render_model_card(
         "(15 bins).",
         "",
     ]
-    lines += _selection_and_calibration(params, metrics, reliability_file)
-    if tsne_file:
-        lines += [
-            "## Embeddings (t-SNE)",
-            "",
-            f"![t-SNE of the embeddings, coloured by species; circles: field photos, triangles: herbarium "
-            f"sheets]({tsne_file})",
-            "",
-        ]
-    lines += [
-        "## Training parameters",
-        "",
-        "```json",
-        _json(params),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _selection_and_calibration(
@@ -294,6 +296,38 @@ def _json(params: Mapping[str, Any]) -> str:
     return json.dumps({k: v for k, v in params.items() if k != "token"}, indent=2)
 
 
+@dataclass(frozen=True)
+class TsnePlot:
+    """What :func:`plot_tsne` drew, read back from the figure's scatter layers.
+
+    Attributes:
+        path: the PNG.
+        coordinates: ``(N, 2)`` t-SNE map of the input embeddings, in input order.
+        points: ``(M, 2)`` the scatter points as drawn (field photos first, then herbarium sheets).
+        colours: ``(M, 4)`` RGBA face colour of each drawn point.
+        domains: ``(M,)`` the domain each drawn point is marked as (``FIELD`` circle, ``HERBARIUM``
+            triangle).
+    """
+
+    path: str
+    coordinates: np.ndarray
+    points: np.ndarray
+    colours: np.ndarray
+    domains: np.ndarray
+
+
+def species_colour(label: int, num_classes: int) -> tuple[float, float, float, float]:
+    """The RGBA colour of class ``label`` in the t-SNE figure (tab10, or tab20 above 10 classes; the
+    colours repeat beyond them)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if num_classes > 10 else "tab10"]
+    return cmap(int(label) % cmap.N)
+
+
+_TSNE_LAYERS = ((FIELD, "o", "field"), (HERBARIUM, "^", "herbarium"))
+
+
 def plot_tsne(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -302,8 +336,9 @@ def plot_tsne(
     out_path: str,
     seed: int = 0,
     title: str = "t-SNE of the ArcFace embeddings",
-) -> str:
-    """2-D t-SNE of ``embeddings``, coloured by species, marker by domain (o field, ^ herbarium).
+) -> TsnePlot:
+    """2-D t-SNE (``embedding_map.fit_tsne``) of ``embeddings``, coloured by species (:func:`species_colour`),
+    marker by domain (o field, ^ herbarium).
 
     Args:
         embeddings: ``(N, D)``.
@@ -313,30 +348,31 @@ def plot_tsne(
         out_path: PNG path.
         seed: t-SNE seed.
         title: Figure title.
+
+    Returns:
+        The drawn points (:class:`TsnePlot`).
+
+    Raises:
+        ValueError: fewer than 5 points.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
 
     n = len(embeddings)
     if n < 5:
         raise ValueError(f"t-SNE needs at least 5 points, got {n}")
-    perplexity = float(max(2.0, min(30.0, (n - 1) / 3)))
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
-        np.asarray(embeddings, dtype=np.float32)
-    )
-    cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
+    coords = np.asarray(fit_tsne(embeddings, random_state=seed))
+    labels, domains = np.asarray(labels), np.asarray(domains)
     fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=120)
-    for domain, marker, name in ((1, "o", "field"), (0, "^", "herbarium")):
-        mask = np.asarray(domains) == domain
+    for domain, marker, name in _TSNE_LAYERS:
+        mask = domains == domain
         if mask.any():
-            colours = [cmap(int(c) % cmap.N) for c in np.asarray(labels)[mask]]
             ax.scatter(
                 coords[mask, 0],
                 coords[mask, 1],
-                c=colours,
+                c=[species_colour(c, len(class_names)) for c in labels[mask]],
                 marker=marker,
                 s=22,
                 alpha=0.8,
@@ -344,21 +380,49 @@ def plot_tsne(
                 edgecolors="black",
                 label=name,
             )
-    handles = [
-        plt.Line2D([], [], marker="o", linestyle="", color="grey", label="field photo"),
-        plt.Line2D([], [], marker="^", linestyle="", color="grey", label="herbarium sheet"),
-    ]
-    present = sorted(set(np.asarray(labels).tolist()))
-    if len(present) <= 20:
-        handles += [
-            plt.Line2D([], [], marker="s", linestyle="", color=cmap(c % cmap.N), label=class_names[c])
-            for c in present
-        ]
-    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    _tsne_legend(ax, labels, class_names)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(out_path, bbox_inches="tight")
+    drawn = _drawn_points(ax)
     plt.close(fig)
-    return out_path
+    return TsnePlot(out_path, coords, *drawn)
+
+
+def _tsne_legend(ax: Any, labels: np.ndarray, class_names: Sequence[str]) -> None:
+    """The markers' meaning, and the species' colours when at most 20 species are plotted."""
+    import matplotlib.pyplot as plt
+
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color="grey", label="field photo"),
+        plt.Line2D([], [], marker="^", linestyle="", color="grey", label="herbarium sheet"),
+    ]
+    present = sorted(set(labels.tolist()))
+    if len(present) <= 20:
+        handles += [
+            plt.Line2D(
+                [],
+                [],
+                marker="s",
+                linestyle="",
+                color=species_colour(c, len(class_names)),
+                label=class_names[c],
+            )
+            for c in present
+        ]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def _drawn_points(ax: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(points (M, 2), colours (M, 4), domains (M,))`` of the scatter layers of ``ax``."""
+    domain_of = {name: domain for domain, _, name in _TSNE_LAYERS}
+    layers = [c for c in ax.collections if c.get_label() in domain_of]
+    if not layers:
+        return np.zeros((0, 2)), np.zeros((0, 4)), np.zeros(0, dtype=np.int64)
+    return (
+        np.concatenate([np.asarray(c.get_offsets()) for c in layers]),
+        np.concatenate([c.get_facecolors() for c in layers]),
+        np.concatenate([np.full(len(c.get_offsets()), domain_of[c.get_label()]) for c in layers]),
+    )

@@ -21,8 +21,7 @@ from typing import Any, Literal, Union
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autotrain.trainers.common import AutoTrainParams
-
-EMBEDDED_BACKBONE = "efficientnet_lite0-offline"  # == modeling_arcface.EMBEDDED_BACKBONE (tested)
+from data_prep.contract import EMBEDDED_BACKBONE
 
 
 class ImageClassificationCustomParams(AutoTrainParams):

@@ -150,7 +150,7 @@ def test_trainer_and_app_feed_the_model_the_same_pixels_for_every_data_source(co
     from datasets import Dataset, Features
     from datasets import Image as ImageFeature
 
-    from autotrain.trainers.image_classification_custom.dataset import load_splits
+    from autotrain.trainers.image_classification_custom.splits import load_splits
     from data_prep import build_dataset
 
     names = sorted(corpus)

@@ -378,7 +378,7 @@ def test_embedder_gives_the_numbers_of_a_direct_model_pass():
 
 def test_tsne_points_sample_and_keep_labels_with_their_embeddings(monkeypatch):
     from autotrain.trainers.image_classification_custom import outputs
-    from autotrain.trainers.image_classification_custom.dataset import SplitData
+    from autotrain.trainers.image_classification_custom.splits import SplitData
 
     def points(labels, domains):  # an embedding that names its own label and domain
         return outputs.LabelledEmbeddings(np.stack([labels, domains], 1).astype(float), labels, domains)
@@ -429,12 +429,9 @@ def test_report_files_hold_the_summary(tmp_path):
 def test_saved_weights_use_wise_ft_alpha_after_a_report(tmp_path):
     """WiSE-FT stage alone: the report evaluates its alphas, and the saved weights still mix with
     ``wise_ft_alpha`` (without field validation photos there is no selection)."""
-    from autotrain.trainers.image_classification_custom.dataset import (
-        NormalizeCollator,
-        PreparedData,
-        SplitData,
-    )
+    from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
     from autotrain.trainers.image_classification_custom.params import load_params
+    from autotrain.trainers.image_classification_custom.splits import PreparedData, SplitData
     from autotrain.trainers.image_classification_custom.stages import ImageCaches, RunContext
     from autotrain.trainers.image_classification_custom.wise_ft import choose_saved_weights
 

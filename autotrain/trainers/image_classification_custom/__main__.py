@@ -3,7 +3,7 @@
 A thin pipeline: parse the arguments, validate the config, run :func:`training.run` inside AutoTrain's
 ``monitor``. ``monitor`` logs a failure and returns None instead of raising; :func:`train` turns that into
 exit status 1, so a failed run never looks like a success. A data problem the user must fix
-(:class:`dataset.DataInputError`: a wrong folder layout, unlabelled images) ends with one line that
+(:class:`splits.DataInputError`: a wrong folder layout, unlabelled images) ends with one line that
 names the folder and what to do, and exit status 2; its traceback is logged only with ``--debug``.
 """
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @monitor
 def _monitored_run(config: ImageClassificationCustomParams) -> dict[str, Any] | Exception:
     from autotrain.trainers.image_classification_custom import training
-    from autotrain.trainers.image_classification_custom.dataset import DataInputError
+    from autotrain.trainers.image_classification_custom.splits import DataInputError
 
     try:
         result = training.run(config)
@@ -48,7 +48,7 @@ def train(config: dict | ImageClassificationCustomParams) -> dict[str, Any]:
     """Train from a dict or params.
 
     Exits with status 1 when the run fails (the error is logged), and 2 with a one-line message when
-    the data must be fixed first (:class:`dataset.DataInputError`).
+    the data must be fixed first (:class:`splits.DataInputError`).
     """
     params = load_params(config)
     result = _monitored_run(params)

@@ -20,6 +20,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback, Tra
 from autotrain import logger
 from autotrain.trainers.common import TrainStartCallback
 from autotrain.trainers.image_classification_custom import metrics as M
+from autotrain.trainers.image_classification_custom.augment import AugmentationSpec, create_train_transform
 from autotrain.trainers.image_classification_custom.batch_augment import BatchAugment
 from autotrain.trainers.image_classification_custom.callbacks import (
     BackboneWarmupCallback,
@@ -32,7 +33,6 @@ from autotrain.trainers.image_classification_custom.dataset import (
     CachedImageDataset,
     NormalizeCollator,
     create_sampler,
-    create_train_transform,
 )
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 from autotrain.trainers.image_classification_custom.stages import RunContext
@@ -225,8 +225,11 @@ def build_trainer(ctx: RunContext) -> tuple[ArcFaceTrainer, ThroughputCallback, 
     without evaluation, mixed precision or None)``."""
     config, data, size = ctx.config, ctx.data, ctx.image_size
     interpolation = ctx.model.config.image_interpolation
+    spec = AugmentationSpec.from_strength(config.augmentation, size)  # one spec for either path
     train_transform = (
-        None if ctx.batch_augment else create_train_transform(size, config.augmentation, interpolation)
+        None
+        if ctx.batch_augment
+        else create_train_transform(size, config.augmentation, interpolation, spec=spec)
     )
     train_dataset = CachedImageDataset(ctx.caches.train, data.train.labels, train_transform)
     validation = data.validation
@@ -265,7 +268,7 @@ def build_trainer(ctx: RunContext) -> tuple[ArcFaceTrainer, ThroughputCallback, 
         head_lr=config.resolved_head_lr,
         freeze_batchnorm=config.backbone_batchnorm == "frozen",
         normalizer=ctx.collator,
-        batch_augment=BatchAugment(size, config.augmentation) if ctx.batch_augment else None,
+        batch_augment=BatchAugment(size, config.augmentation, spec=spec) if ctx.batch_augment else None,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)  # its on_log prints raw dicts over the bar

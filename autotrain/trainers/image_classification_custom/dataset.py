@@ -14,8 +14,7 @@ albumentations in the main process, every epoch):
    happen once per batch in the collator, which also returns channels-last tensors;
 3. samplers are seeded and epoch-aware, so a resumed run replays the same order.
 
-Loading the splits lives in :mod:`.splits`, the augmentation spec in :mod:`.augment`; the names the
-trainer takes from there are re-exported here.
+Loading the splits lives in :mod:`.splits`, the augmentation spec in :mod:`.augment`.
 """
 
 from __future__ import annotations
@@ -34,44 +33,13 @@ from torch.utils.data import Sampler, get_worker_info
 from torchvision.transforms import v2
 
 from autotrain import logger
-from autotrain.trainers.image_classification_custom.augment import (
-    AugmentationSpec,
-    create_train_transform,
-    interpolation_mode,
-)
-from autotrain.trainers.image_classification_custom.splits import (
-    DataInputError,
-    PreparedData,
-    SplitData,
-    load_splits,
-    open_dataset_dict,
-)
-from data_prep.contract import DOMAINS, FIELD, resampling
+from autotrain.trainers.image_classification_custom.augment import interpolation_mode
+from autotrain.trainers.image_classification_custom.splits import DataInputError
+from data_prep.contract import DOMAINS, resampling
 
 #: The domain names in id order (``data_prep.contract.DOMAINS``), kept under the trainer's old name.
 DOMAIN_NAMES = DOMAINS
 TRAIN_CACHE_FACTOR = 1.15
-
-__all__ = [
-    "DOMAIN_NAMES",
-    "FIELD",
-    "TRAIN_CACHE_FACTOR",
-    "AugmentationSpec",
-    "BalancedSampler",
-    "CachedImageDataset",
-    "DataInputError",
-    "NormalizeCollator",
-    "PreparedData",
-    "SplitData",
-    "cache_budget_note",
-    "create_sampler",
-    "create_train_transform",
-    "decode_images",
-    "load_splits",
-    "open_dataset_dict",
-    "resize_uint8",
-    "train_cache_size",
-]
 
 
 # ------------------------------------------------------------------------------------------------------

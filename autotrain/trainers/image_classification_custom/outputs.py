@@ -23,7 +23,6 @@ from autotrain import logger
 from autotrain.trainers.common import pause_space
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.arcface_trainer import TrainedRun
-from autotrain.trainers.image_classification_custom.dataset import SplitData
 from autotrain.trainers.image_classification_custom.embedder import Embedder
 from autotrain.trainers.image_classification_custom.model_card import (
     plot_reliability,
@@ -35,6 +34,7 @@ from autotrain.trainers.image_classification_custom.modeling_arcface import (
     save_arcface_model,
 )
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
+from autotrain.trainers.image_classification_custom.splits import SplitData
 from autotrain.trainers.image_classification_custom.stages import RunContext
 from autotrain.trainers.image_classification_custom.wise_ft import WISE_FT_START, choose_saved_weights
 from data_prep.contract import FIELD

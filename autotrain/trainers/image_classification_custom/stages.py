@@ -24,11 +24,8 @@ from autotrain import logger
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.dataset import (
     NormalizeCollator,
-    PreparedData,
-    SplitData,
     cache_budget_note,
     decode_images,
-    load_splits,
     train_cache_size,
 )
 from autotrain.trainers.image_classification_custom.embedder import Embedder, prototype_logits
@@ -37,6 +34,7 @@ from autotrain.trainers.image_classification_custom.modeling_arcface import (
     create_arcface_model,
 )
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
+from autotrain.trainers.image_classification_custom.splits import PreparedData, SplitData, load_splits
 
 
 @dataclass
@@ -165,7 +163,7 @@ def start_run(config: ImageClassificationCustomParams) -> RunContext:
 
 
 def load_data(ctx: RunContext) -> None:
-    """Stage "data": ``ctx.data`` from ``data_path`` (see ``dataset.load_splits`` for the errors)."""
+    """Stage "data": ``ctx.data`` from ``data_path`` (see ``splits.load_splits`` for the errors)."""
     config = ctx.config
     ctx.data = data = load_splits(
         config.resolved_data_path,

@@ -42,7 +42,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     """Train, evaluate and save; returns the content of ``metrics.json`` (main process) or ``{}``.
 
     Raises:
-        dataset.DataInputError: the data must be fixed first (see ``dataset.load_splits``).
+        splits.DataInputError: the data must be fixed first (see ``splits.load_splits``).
         FileNotFoundError: ``data_path`` or ``resume_from_checkpoint`` does not exist.
     """
     ctx = start_run(config)

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from autotrain import logger
 from autotrain.trainers.image_classification_custom import metrics as M
-from autotrain.trainers.image_classification_custom.dataset import SplitData
 from autotrain.trainers.image_classification_custom.embedder import Embedder
+from autotrain.trainers.image_classification_custom.splits import SplitData
 from autotrain.trainers.image_classification_custom.stages import RunContext
 from data_prep.contract import FIELD
 

@@ -10,7 +10,7 @@ import torch
 from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import metrics as M
-from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
+from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
 from autotrain.trainers.image_classification_custom.training import apply_wise_ft, prototype_logits
 from data_prep.cli import main as data_prep_main
 from data_prep.testing import make_folder_tree

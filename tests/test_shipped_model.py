@@ -6,6 +6,7 @@
   transformers one.
 - ``ArcFaceForImageClassification(ArcFaceConfig())`` builds, as a transformers model does from its
   default config.
+- Every folder loads offline without the project, with its own code (``trust_remote_code=True``).
 - Folders saved before the split (one ``modeling_arcface.py`` holding everything, ``auto_map`` pointing
   at it for both classes) keep loading, with the project's class and with their own code. Such a folder
   is made here by running the code that saved it: ``tests/fixtures/modeling_arcface_ada64ec.py.txt`` is
@@ -67,6 +68,18 @@ def vit_model_dir(tmp_path_factory, vit_dir, pixels) -> Path:
     torch.manual_seed(0)
     model = create_arcface_model(str(vit_dir), LABELS, embedding_dim=8).eval()
     folder = save_arcface_model(model, tmp_path_factory.mktemp("saved") / "vit")
+    _save_expected(model, folder, pixels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def timm_model_dir(tmp_path_factory, pixels) -> Path:
+    """An ArcFace model on a timm ViT built at 32 px (``img_size`` in ``model_kwargs``), saved likewise."""
+    torch.manual_seed(0)
+    model = create_arcface_model(
+        "vit_tiny_patch16_224", LABELS, pretrained=False, image_size=32, embedding_dim=8
+    )
+    folder = save_arcface_model(model.eval(), tmp_path_factory.mktemp("saved") / "timm")
     _save_expected(model, folder, pixels)
     return folder
 
@@ -189,10 +202,8 @@ NO_TIMM_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_transformers_backbone_folder_loads_where_timm_is_missing(vit_model_dir, tmp_path):
-    timm_model = create_arcface_model("resnet10t", LABELS, pretrained=False, image_size=32, embedding_dim=8)
-    timm_folder = save_arcface_model(timm_model, tmp_path / "timm")
-    result = _run_python(NO_TIMM_SCRIPT, str(vit_model_dir), str(timm_folder), cwd=tmp_path)
+def test_transformers_backbone_folder_loads_where_timm_is_missing(vit_model_dir, timm_model_dir, tmp_path):
+    result = _run_python(NO_TIMM_SCRIPT, str(vit_model_dir), str(timm_model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "NO_TIMM_OK" in result.stdout
 
@@ -291,7 +302,7 @@ def test_old_folder_loads_with_the_project_class(old_folders, name, tmp_path):
     assert {p.name for p in resaved.glob("*.py")} == set(SHIPPED)
 
 
-OLD_FOLDER_SCRIPT = textwrap.dedent(
+OWN_CODE_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
@@ -301,7 +312,8 @@ OLD_FOLDER_SCRIPT = textwrap.dedent(
 
     for folder in sys.argv[1:]:
         model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__module__.endswith(".modeling_arcface"), type(model).__module__
+        module = type(model).__module__
+        assert module.startswith("transformers_modules.") and module.endswith(".modeling_arcface"), module
         with torch.no_grad():
             logits = model(torch.from_numpy(np.load(folder + "/pixels.npy"))).logits.numpy()
         np.testing.assert_array_equal(logits, np.load(folder + "/logits.npy"))
@@ -309,13 +321,16 @@ OLD_FOLDER_SCRIPT = textwrap.dedent(
         result = classify(Image.new("RGB", (50, 40), (30, 120, 40)))
         assert sorted(r["label"] for r in result) == sorted(model.config.label2id), result
     assert not any(name.startswith(("autotrain", "data_prep")) for name in sys.modules)
-    print("OLD_FOLDERS_OK")
+    print("OWN_CODE_OK")
     """
 )
 
 
 @pytest.mark.slow
-def test_old_folder_loads_with_its_own_code(old_folders, tmp_path):
-    result = _run_python(OLD_FOLDER_SCRIPT, *map(str, old_folders.values()), cwd=tmp_path)
+def test_new_and_old_folders_load_offline_with_their_own_code(
+    timm_model_dir, vit_model_dir, old_folders, tmp_path
+):
+    folders = [timm_model_dir, vit_model_dir, *old_folders.values()]
+    result = _run_python(OWN_CODE_SCRIPT, *map(str, folders), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "OLD_FOLDERS_OK" in result.stdout
+    assert "OWN_CODE_OK" in result.stdout

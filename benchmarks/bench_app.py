@@ -65,11 +65,11 @@ def _timed(fn, repeats: int, warmup: int = 3) -> dict[str, float]:
 
 
 def _untrained_embedded_model(folder: Path, n_classes: int = 100) -> Path:
-    from autotrain.trainers.image_classification_custom.modeling_arcface import (
-        EMBEDDED_BACKBONE,
+    from autotrain.trainers.image_classification_custom.model_io import (
         create_arcface_model,
         save_arcface_model,
     )
+    from data_prep.contract import EMBEDDED_BACKBONE
 
     model = create_arcface_model(
         EMBEDDED_BACKBONE,

@@ -88,10 +88,8 @@ def frozen_prototypes(
     from autotrain.trainers.image_classification_custom import metrics as M
     from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator, decode_images
     from autotrain.trainers.image_classification_custom.embedder import Embedder, prototype_logits
-    from autotrain.trainers.image_classification_custom.modeling_arcface import (
-        EMBEDDED_BACKBONE,
-        create_arcface_model,
-    )
+    from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
+    from data_prep.contract import EMBEDDED_BACKBONE
 
     ds = load_from_disk(str(dataset))
     names = ds["train"].features["label"].names

@@ -46,10 +46,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autotrain.trainers.image_classification_custom.modeling_arcface import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _load_embedded_weights,
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402
+from transformers.image_utils import IMAGENET_DEFAULT_STD as IMAGENET_STD  # noqa: E402
+
+from autotrain.trainers.image_classification_custom.backbones import (  # noqa: E402
+    load_embedded_weights as _load_embedded_weights,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "leafsnap-specimens"

@@ -152,10 +152,8 @@ def embedded_backbone_folders(out_dir: str | os.PathLike, image_size: int | None
     The weights are taken from ``create_arcface_model(EMBEDDED_BACKBONE, pretrained=True)``, i.e. exactly
     what our trainer starts from, with the same mean/std and image size (``image_size`` overrides it).
     """
-    from autotrain.trainers.image_classification_custom.modeling_arcface import (
-        EMBEDDED_BACKBONE,
-        create_arcface_model,
-    )
+    from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
+    from data_prep.contract import EMBEDDED_BACKBONE
 
     model = create_arcface_model(EMBEDDED_BACKBONE, ["a", "b"], pretrained=True, image_size=image_size)
     cfg = model.config

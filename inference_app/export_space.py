@@ -5,7 +5,8 @@ Usage::
     python -m inference_app.export_space space-out --model-id user/herbarium-arcface [--reference user/data]
     cd space-out && git init && ... (or `huggingface-cli upload user/my-space . --repo-type space`)
 
-The Space holds this app's code, a copy of ``modeling_arcface.py`` and of the image policy
+The Space holds this app's code, copies of the shipped model code (``configuration_arcface.py`` and
+``modeling_arcface.py``, which imports the former relatively) and of the image policy
 (``data_prep/images.py``) taken from this checkout, so the Space runs code its owner deployed:
 nothing from the model repository is executed.
 """
@@ -18,9 +19,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODELING = HERE.parent / "autotrain" / "trainers" / "image_classification_custom" / "modeling_arcface.py"
+MODEL_CODE = HERE.parent / "autotrain" / "trainers" / "image_classification_custom"
+#: The shipped model files (the same pair every saved model folder carries).
+MODEL_FILES = ("configuration_arcface.py", "modeling_arcface.py")
 # The one t-SNE fit (openTSNE), shared with the trainer's model card: tsne_map.py imports the copy.
-EMBEDDING_MAP = MODELING.with_name("embedding_map.py")
+EMBEDDING_MAP = MODEL_CODE / "embedding_map.py"
 # The image policy shared with data_prep and the trainer (Pillow and numpy only): the app imports it
 # as ``data_prep.images``, so the Space carries it (and the content-type sniffing it imports) in a
 # ``data_prep`` package of its own.
@@ -62,7 +65,8 @@ def export_space(out: Path, model_id: str | None = None, reference: str | None =
             shutil.copyfile(source, package / name)
         elif name == "__init__.py":
             (package / name).write_text("")
-    shutil.copyfile(MODELING, package / "modeling_arcface.py")
+    for name in MODEL_FILES:
+        shutil.copyfile(MODEL_CODE / name, package / name)
     shutil.copyfile(EMBEDDING_MAP, package / "embedding_map.py")
     policy = out / "data_prep"
     policy.mkdir(exist_ok=True)

@@ -50,7 +50,7 @@ def _import_model_class():
         from autotrain.trainers.image_classification_custom.modeling_arcface import (
             ArcFaceForImageClassification,
         )
-    except ImportError:  # a Hugging Face Space: export_space.py puts the module next to the app
+    except ImportError:  # a Hugging Face Space: export_space.py puts the model code next to the app
         from inference_app.modeling_arcface import ArcFaceForImageClassification  # type: ignore
     return ArcFaceForImageClassification
 

@@ -20,7 +20,7 @@ def make_tiny_model(
     """A randomly initialised ``resnet10t`` ArcFace model saved with ``save_arcface_model``."""
     import torch
 
-    from autotrain.trainers.image_classification_custom.modeling_arcface import (
+    from autotrain.trainers.image_classification_custom.model_io import (
         create_arcface_model,
         save_arcface_model,
     )

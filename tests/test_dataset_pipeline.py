@@ -105,10 +105,8 @@ def test_string_labels_are_encoded_in_sorted_order(tmp_path):
 
 
 def test_decoded_cache_matches_the_saved_image_processor(saved_dataset):
-    from autotrain.trainers.image_classification_custom.modeling_arcface import (
-        ArcFaceConfig,
-        create_image_processor,
-    )
+    from autotrain.trainers.image_classification_custom.configuration_arcface import ArcFaceConfig
+    from autotrain.trainers.image_classification_custom.model_io import create_image_processor
 
     config = ArcFaceConfig(image_size=24, image_interpolation="bicubic", image_mean=[0.4, 0.5, 0.6])
     data = S.load_splits(str(saved_dataset))

@@ -11,7 +11,7 @@ from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.embedder import prototype_logits
-from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
+from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
 from autotrain.trainers.image_classification_custom.wise_ft import apply_wise_ft
 from data_prep.cli import main as data_prep_main
 from data_prep.testing import make_folder_tree

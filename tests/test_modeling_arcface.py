@@ -1,13 +1,13 @@
-"""Tests of the ArcFace model: the head against a numpy reference, backbones, saving and offline loading."""
+"""Tests of the ArcFace model: the head against a numpy reference, backbones, saving and loading.
+
+What the saved folders ship and what loads them (offline with their own code, without timm, folders
+saved before the split) is tested in ``test_shipped_model.py``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +26,16 @@ from transformers import (
     ViTModel,
 )
 
+from autotrain.trainers.image_classification_custom import backbones
 from autotrain.trainers.image_classification_custom import modeling_arcface as arc
+from autotrain.trainers.image_classification_custom.backbones import resolve_backbone_source
+from autotrain.trainers.image_classification_custom.configuration_arcface import ArcFaceConfig
+from autotrain.trainers.image_classification_custom.model_io import create_arcface_model, save_arcface_model
 from autotrain.trainers.image_classification_custom.modeling_arcface import (
-    EMBEDDED_BACKBONE,
-    ArcFaceConfig,
     ArcFaceForImageClassification,
     ArcFaceHead,
-    create_arcface_model,
-    resolve_backbone_source,
-    save_arcface_model,
 )
+from data_prep.contract import EMBEDDED_BACKBONE, EMBEDDED_IMAGE_MEAN, EMBEDDED_IMAGE_STD
 
 LABELS = ["Acer rubrum", "Quercus alba", "Pinus strobus"]
 
@@ -153,6 +153,32 @@ def test_ignored_labels_get_no_margin():
     assert out[1, 1] < plain[1, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logits_with_margin_takes_one_cosine_for_both_logits(dtype, monkeypatch):
+    head = _head(subcenters=2)
+    head.temperature = 1.7
+    emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(2)).to(dtype)
+    labels = torch.tensor([0, 1, 2, 3, 4, -100])
+    expected = (head(emb, labels), head.get_logits(emb))
+    calls = []
+    cosine = head.cosine
+    monkeypatch.setattr(head, "cosine", lambda e: calls.append(1) or cosine(e))
+    margin_logits, logits = head.logits_with_margin(emb, labels)
+    assert len(calls) == 1
+    torch.testing.assert_close(margin_logits, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(logits, expected[1], rtol=0, atol=0)
+    ref_plain, ref_margin = reference_logits(
+        emb.double().numpy(), head.weight.detach().numpy(), [0, 1, 2, 3, 4], 30.0, 0.5, subcenters=2
+    )
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    np.testing.assert_allclose(logits.double().detach().numpy(), ref_plain / 1.7, atol=tol, rtol=tol)
+    # the ignored label (-100) gets no margin; the training logits are not divided by the temperature
+    np.testing.assert_allclose(
+        margin_logits[:5].double().detach().numpy(), ref_margin[:5], atol=tol, rtol=tol
+    )
+    np.testing.assert_allclose(margin_logits[5].double().detach().numpy(), ref_plain[5], atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("subcenters", [1, 3])
 def test_prototype_init_sets_normalised_class_means(subcenters):
     head = _head(num_classes=4, subcenters=subcenters)
@@ -253,6 +279,27 @@ def test_timm_backbone_forward_and_loss(timm_model, pixels):
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2))
     assert timm_model.forward_features(pixels).shape == (2, timm_model.config.feature_dim)
     assert timm_model.config.id2label == dict(enumerate(LABELS))
+
+
+def test_forward_computes_the_cosine_once_per_step(timm_model, pixels, monkeypatch):
+    """The training step's loss and logits come from one cosine (as two separate head calls would give)."""
+    timm_model.eval()
+    labels = torch.tensor([0, 2])
+    with torch.no_grad():
+        embeddings = timm_model.embed(pixels)
+        loss = F.cross_entropy(timm_model.head(embeddings, labels), labels)
+        logits = timm_model.head.get_logits(embeddings)
+        calls = []
+        cosine = timm_model.head.cosine
+        monkeypatch.setattr(timm_model.head, "cosine", lambda e: calls.append(1) or cosine(e))
+        out = timm_model(pixels, labels=labels)
+    assert len(calls) == 1
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, loss, rtol=0, atol=0)
+    with torch.no_grad():
+        emb, plain = timm_model.embed_and_logits(pixels)
+    torch.testing.assert_close(emb, embeddings, rtol=0, atol=0)
+    torch.testing.assert_close(plain, logits, rtol=0, atol=0)
 
 
 def test_every_parameter_gets_a_gradient(timm_model, pixels):
@@ -369,8 +416,8 @@ def test_resolve_backbone_source(timm_vit_dir, hf_dirs):
     assert resolve_backbone_source("facebook/dinov2-base") == "transformers"
     assert resolve_backbone_source(str(timm_vit_dir[0])) == "timm"
     assert resolve_backbone_source(str(hf_dirs["dinov2"])) == "transformers"
-    assert arc._timm_model_name("timm/resnet18.a1_in1k") == "hf-hub:timm/resnet18.a1_in1k"
-    assert arc._timm_model_name(str(timm_vit_dir[0])).startswith("local-dir:")
+    assert backbones._timm_model_name("timm/resnet18.a1_in1k") == "hf-hub:timm/resnet18.a1_in1k"
+    assert backbones._timm_model_name(str(timm_vit_dir[0])).startswith("local-dir:")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,10 +442,16 @@ def _round_trip(model, folder, pixels, subcenters_init=True):
 def test_save_folder_layout(timm_model, tmp_path):
     save_arcface_model(timm_model, tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "modeling_arcface.py", "preprocessor_config.json"} <= names
+    assert names == {
+        "config.json",
+        "model.safetensors",
+        "configuration_arcface.py",
+        "modeling_arcface.py",
+        "preprocessor_config.json",
+    }
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == {
-        "AutoConfig": "modeling_arcface.ArcFaceConfig",
+        "AutoConfig": "configuration_arcface.ArcFaceConfig",
         "AutoModelForImageClassification": "modeling_arcface.ArcFaceForImageClassification",
     }
     assert config["model_type"] == "arcface_image_classifier"
@@ -408,18 +461,19 @@ def test_save_folder_layout(timm_model, tmp_path):
     assert processor["image_mean"] == pytest.approx(timm_model.config.image_mean)
     assert processor["rescale_factor"] == pytest.approx(1 / 255)
     assert processor["resample"] == 3  # timm resnet10t was trained with bicubic
-    source = Path(arc.__file__).read_text()
-    assert (tmp_path / "modeling_arcface.py").read_text() == source
+    assert (tmp_path / "modeling_arcface.py").read_text() == Path(arc.__file__).read_text()
+    shipped_config = Path(arc.__file__).with_name("configuration_arcface.py").read_text()
+    assert (tmp_path / "configuration_arcface.py").read_text() == shipped_config
 
 
 def test_plain_save_pretrained_also_writes_code_and_auto_map(timm_model, tmp_path):
     timm_model.save_pretrained(tmp_path)  # what the HF Trainer does for checkpoints
     config = json.loads((tmp_path / "config.json").read_text())
-    assert (
-        config["auto_map"]["AutoModelForImageClassification"]
-        == "modeling_arcface.ArcFaceForImageClassification"
-    )
-    assert (tmp_path / "modeling_arcface.py").is_file()
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_arcface.ArcFaceConfig",
+        "AutoModelForImageClassification": "modeling_arcface.ArcFaceForImageClassification",
+    }
+    assert (tmp_path / "modeling_arcface.py").is_file() and (tmp_path / "configuration_arcface.py").is_file()
 
 
 def test_round_trip_timm(tmp_path, pixels):
@@ -441,57 +495,6 @@ def test_round_trip_in_bfloat16(timm_model, tmp_path, pixels):
     assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
-OFFLINE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import torch
-    from PIL import Image
-    from transformers import AutoModelForImageClassification, pipeline
-
-    for folder in sys.argv[1:]:
-        model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        pixels = torch.from_numpy(np.load(folder + "/pixels.npy"))
-        with torch.no_grad():
-            logits = model(pixels).logits.numpy()
-        np.testing.assert_allclose(logits, np.load(folder + "/logits.npy"), rtol=0, atol=0)
-        classify = pipeline("image-classification", model=folder, trust_remote_code=True, top_k=2)
-        result = classify(Image.new("RGB", (50, 40), (30, 120, 40)))
-        assert len(result) == 2 and result[0]["label"] in model.config.label2id, result
-    assert not any(name.startswith("autotrain") for name in sys.modules)
-    print("OFFLINE_OK")
-    """
-)
-
-
-@pytest.mark.slow
-def test_saved_folder_loads_offline_without_the_project(timm_vit_dir, hf_dirs, tmp_path, pixels):
-    folders = []
-    for name, backbone in (("timm", str(timm_vit_dir[0])), ("hf", str(hf_dirs["vit"]))):
-        model = create_arcface_model(backbone, LABELS, embedding_dim=16).eval()
-        folder = save_arcface_model(model, tmp_path / name)
-        with torch.no_grad():
-            np.save(folder / "logits.npy", model(pixels).logits.numpy())
-        np.save(folder / "pixels.npy", pixels.numpy())
-        folders.append(str(folder))
-    work = tmp_path / "elsewhere"
-    work.mkdir()
-    (work / "check.py").write_text(OFFLINE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    result = subprocess.run(
-        [sys.executable, "-P", str(work / "check.py"), *folders],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "OFFLINE_OK" in result.stdout
-
-
 # ---------------------------------------------------------------------------------------------------
 # embedded backbone
 # ---------------------------------------------------------------------------------------------------
@@ -504,7 +507,7 @@ def test_embedded_backbone_loads_package_weights(tmp_path):
     cfg = model.config
     assert cfg.backbone_source == "timm" and cfg.backbone == EMBEDDED_BACKBONE
     assert cfg.backbone_config["architecture"] == "efficientnet_lite0"
-    assert cfg.image_mean == list(arc.EMBEDDED_IMAGE_MEAN) and cfg.image_std == list(arc.EMBEDDED_IMAGE_STD)
+    assert cfg.image_mean == list(EMBEDDED_IMAGE_MEAN) and cfg.image_std == list(EMBEDDED_IMAGE_STD)
     assert cfg.feature_dim == 1280
     backbone = model.backbone.state_dict()
     torch.testing.assert_close(backbone["conv_stem.weight"], source["_conv_stem.weight"], rtol=0, atol=0)

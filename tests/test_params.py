@@ -141,7 +141,7 @@ def test_params_module_does_not_import_torch():
 
 
 def test_embedded_backbone_name_matches_the_model():
-    from autotrain.trainers.image_classification_custom.modeling_arcface import EMBEDDED_BACKBONE
+    from autotrain.trainers.image_classification_custom.configuration_arcface import EMBEDDED_BACKBONE
 
     assert P.EMBEDDED_BACKBONE == EMBEDDED_BACKBONE
 

@@ -109,7 +109,7 @@ def tiny_config(project: str, data: str, model: str, **overrides) -> dict:
 
 
 def tiny_model(num_classes: int = 4):
-    from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
+    from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
 
     torch.manual_seed(0)
     return create_arcface_model(

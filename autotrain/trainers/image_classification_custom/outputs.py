@@ -29,10 +29,8 @@ from autotrain.trainers.image_classification_custom.model_card import (
     plot_tsne,
     render_model_card,
 )
-from autotrain.trainers.image_classification_custom.modeling_arcface import (
-    ArcFaceForImageClassification,
-    save_arcface_model,
-)
+from autotrain.trainers.image_classification_custom.model_io import save_arcface_model
+from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceForImageClassification
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 from autotrain.trainers.image_classification_custom.splits import SplitData
 from autotrain.trainers.image_classification_custom.stages import RunContext

@@ -29,10 +29,8 @@ from autotrain.trainers.image_classification_custom.dataset import (
     train_cache_size,
 )
 from autotrain.trainers.image_classification_custom.embedder import Embedder, prototype_logits
-from autotrain.trainers.image_classification_custom.modeling_arcface import (
-    ArcFaceForImageClassification,
-    create_arcface_model,
-)
+from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
+from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceForImageClassification
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 from autotrain.trainers.image_classification_custom.splits import PreparedData, SplitData, load_splits
 

@@ -51,7 +51,7 @@ COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
-    """The repository root (where config.json and the overlay live)."""
+    """The repository root (where config.json and the trainer live)."""
     return REPO_ROOT
 
 

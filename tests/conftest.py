@@ -142,10 +142,13 @@ def make_tiny_timm(folder: Path, name: str = "test_efficientnet") -> Path:
     return folder
 
 
-def make_tiny_vit(folder: Path) -> Path:
-    """A tiny random transformers ViT saved with save_pretrained (+ its image processor)."""
+def make_tiny_vit(folder: Path, num_labels: int | None = None) -> Path:
+    """A tiny random transformers ViT saved with save_pretrained (+ its image processor).
+
+    With ``num_labels``, a ``ViTForImageClassification`` with that many classes (for the stock trainer).
+    """
     import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, ViTModel
 
     torch.manual_seed(0)
     config = ViTConfig(
@@ -155,8 +158,9 @@ def make_tiny_vit(folder: Path) -> Path:
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
+        **({} if num_labels is None else {"num_labels": num_labels}),
     )
-    ViTModel(config).save_pretrained(folder)
+    (ViTModel if num_labels is None else ViTForImageClassification)(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 
@@ -220,37 +224,19 @@ def class_names() -> list[str]:
     return list(CLASS_NAMES)
 
 
-@pytest.fixture(name="make_tiny_dataset")
-def _make_tiny_dataset():
-    """``make_tiny_dataset(folder, train_per_class=6, seed=0) -> folder``: see the function."""
-    return make_tiny_dataset
+def _handed_out(function, name: str | None = None):
+    """A fixture named ``name`` (default: the function's name) whose value is ``function`` itself."""
+
+    def fixture():
+        return function
+
+    fixture.__doc__ = f"``{function.__name__}``: {function.__doc__.splitlines()[0]}"
+    return pytest.fixture(name=name or function.__name__)(fixture)
 
 
-@pytest.fixture(name="make_tiny_timm")
-def _make_tiny_timm():
-    """``make_tiny_timm(folder, name="test_efficientnet") -> folder``: see the function."""
-    return make_tiny_timm
-
-
-@pytest.fixture(name="make_tiny_vit")
-def _make_tiny_vit():
-    """``make_tiny_vit(folder) -> folder``: see the function."""
-    return make_tiny_vit
-
-
-@pytest.fixture(name="tiny_config")
-def _tiny_config():
-    """``tiny_config(project, data, model, **overrides) -> dict``: see the function."""
-    return tiny_config
-
-
-@pytest.fixture(name="tiny_model")
-def _tiny_model():
-    """``tiny_model(num_classes=4) -> ArcFaceForImageClassification``: see the function."""
-    return tiny_model
-
-
-@pytest.fixture
-def make_trainer():
-    """``make_trainer(tmp_path, model, **kwargs) -> ArcFaceTrainer``: see ``make_arcface_trainer``."""
-    return make_arcface_trainer
+_make_tiny_dataset = _handed_out(make_tiny_dataset)
+_make_tiny_timm = _handed_out(make_tiny_timm)
+_make_tiny_vit = _handed_out(make_tiny_vit)
+_tiny_config = _handed_out(tiny_config)
+_tiny_model = _handed_out(tiny_model)
+_make_trainer = _handed_out(make_arcface_trainer, "make_trainer")

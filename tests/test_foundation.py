@@ -95,22 +95,6 @@ def test_gradio_is_current():
     assert packages["autotrain-advanced"] == "0.8.36"
 
 
-def _tiny_transformers_classifier(folder: Path) -> None:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-
-
 def _tiny_dataset(folder: Path, n_classes: int = 3, per_class: int = 4) -> None:
     import numpy as np
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
@@ -134,10 +118,10 @@ def _tiny_dataset(folder: Path, n_classes: int = 3, per_class: int = 4) -> None:
 
 
 @pytest.mark.slow
-def test_stock_image_classification_trainer_still_trains(tmp_path):
+def test_stock_image_classification_trainer_still_trains(tmp_path, make_tiny_vit):
     """The stock trainer, in the same environment, imports and trains one tiny epoch."""
     model_dir = tmp_path / "tiny-vit"
-    _tiny_transformers_classifier(model_dir)
+    make_tiny_vit(model_dir, num_labels=3)
     # The stock params want a bare project name; it resolves against the working directory.
     project = tmp_path / "stock-project"
     _tiny_dataset(project / "autotrain-data")

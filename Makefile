@@ -2,20 +2,30 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-browser demo test test-fast lint bench app clean
+.PHONY: install constraints install-browser demo test test-fast lint bench app clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt Makefile
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	# constraints.txt pins every package at the versions tested together, so pip resolves at once
+	# instead of backtracking (regenerate with `make constraints`).
+	$(PY) -m pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	# autotrain-advanced pins old exact versions that cap Gradio at 5.15: install it without
 	# its pins; requirements.txt provides what its trainer code imports (see README).
-	$(PY) -m pip install --no-deps autotrain-advanced==0.8.36
-	# Make the overlay importable from any directory (see tools/install_overlay.py).
-	$(PY) tools/install_overlay.py
+	$(PY) -m pip install -c constraints.txt --no-deps autotrain-advanced==0.8.36
+	# This project, editable: only the packages named in pyproject.toml become importable,
+	# the trainer as autotrain.trainers.image_classification_custom (see README).
+	$(PY) -m pip install -c constraints.txt --no-deps -e .
+	# an environment set up before the editable install has a .pth that put the whole checkout on sys.path
+	rm -f $(VENV)/lib/python*/site-packages/herbarium_arcface_overlay.pth
 	touch $@
+
+# Rewrite constraints.txt from the working environment (after a deliberate upgrade).
+constraints: install
+	{ echo "# pip freeze of a working environment (make constraints); make install passes it with -c"; \
+	  $(PY) -m pip freeze --exclude herbarium-arcface; } > constraints.txt
 
 # Debian's Chromium for the browser tests (Playwright cannot download its own browser here).
 install-browser:

@@ -6,7 +6,6 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from test_trainer import _trainer, tiny_model
 
 from autotrain.trainers.image_classification_custom.augment import AugmentationSpec
 from autotrain.trainers.image_classification_custom.batch_augment import BatchAugment
@@ -60,10 +59,10 @@ def test_horizontal_flip_and_crop_geometry():
     assert 0.35 < share_flipped < 0.65  # p = 0.5 horizontal flips
 
 
-def test_trainer_normalises_uint8_batches_and_augments_only_when_training(tmp_path):
+def test_trainer_normalises_uint8_batches_and_augments_only_when_training(tmp_path, tiny_model, make_trainer):
     model = tiny_model()
     normalizer = NormalizeCollator(model.config.image_mean, model.config.image_std)
-    trainer = _trainer(tmp_path, model, normalizer=normalizer, batch_augment=BatchAugment(24, 1.0))
+    trainer = make_trainer(tmp_path, model, normalizer=normalizer, batch_augment=BatchAugment(24, 1.0))
     collate = NormalizeCollator(model.config.image_mean, model.config.image_std, keep_uint8=True)
     images = _images(n=8, size=32)
     batch = collate([{"pixel_values": images[i], "labels": i % 4} for i in range(8)])

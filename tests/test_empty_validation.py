@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from datasets import Dataset, DatasetDict
 from PIL import Image as PILImage
-from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import splits as S
 from data_prep import build_dataset
 from data_prep.cli import main as data_prep_main
+from data_prep.contract import dataset_features
 from data_prep.report import format_summary
 from data_prep.testing import make_folder_tree
 
@@ -32,7 +32,9 @@ def _build(root: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
-def _train_shipped_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list[str]]:
+def _train_shipped_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_tiny_timm
+) -> tuple[dict, list[str]]:
     """Train ``herbarium-arcface/autotrain-data`` with config.json made fast; returns metrics.json, warnings."""
     from autotrain import logger
     from autotrain.trainers.image_classification_custom.__main__ import train
@@ -67,7 +69,7 @@ def _empty_validation_warning(messages: list[str]) -> str:
     return hits[0]
 
 
-def test_one_field_photo_builds_and_trains_with_shipped_config(tmp_path, monkeypatch, capsys):
+def test_one_field_photo_builds_and_trains_with_shipped_config(tmp_path, monkeypatch, capsys, make_tiny_timm):
     """3 species x 6 herbarium sheets, a single field photo for one species, no test folder."""
     counts = {name: (6, 1 if i == 0 else 0, 0) for i, name in enumerate(SPECIES)}
     root = make_folder_tree(tmp_path / "plants", counts)
@@ -75,7 +77,7 @@ def test_one_field_photo_builds_and_trains_with_shipped_config(tmp_path, monkeyp
     assert NO_VALIDATION in summary
 
     with pytest.warns(UserWarning, match="validation split 'validation' is empty"):
-        metrics, messages = _train_shipped_config(tmp_path, monkeypatch)
+        metrics, messages = _train_shipped_config(tmp_path, monkeypatch, make_tiny_timm)
     _empty_validation_warning(messages)
     assert "validation" not in metrics and "test" not in metrics
     assert metrics["best_model_metric"] is None  # no epoch selection: the last epoch is kept
@@ -83,7 +85,9 @@ def test_one_field_photo_builds_and_trains_with_shipped_config(tmp_path, monkeyp
     assert metrics["training"]["epochs_completed"] == 2
 
 
-def test_herbarium_and_test_folders_only_train_with_shipped_config(tmp_path, monkeypatch, capsys):
+def test_herbarium_and_test_folders_only_train_with_shipped_config(
+    tmp_path, monkeypatch, capsys, make_tiny_timm
+):
     """``herbarium/`` and ``test/`` only: no field training photo at all."""
     root = make_folder_tree(tmp_path / "plants", {name: (6, 0, 2) for name in SPECIES})
     assert not (root / "field").exists()
@@ -91,7 +95,7 @@ def test_herbarium_and_test_folders_only_train_with_shipped_config(tmp_path, mon
     assert NO_VALIDATION in summary
 
     with pytest.warns(UserWarning, match="validation split 'validation' is empty"):
-        metrics, messages = _train_shipped_config(tmp_path, monkeypatch)
+        metrics, messages = _train_shipped_config(tmp_path, monkeypatch, make_tiny_timm)
     _empty_validation_warning(messages)
     assert "validation" not in metrics
     assert metrics["test"]["all"]["n"] == 6 and metrics["test"]["herbarium_only"]["n"] == 6
@@ -131,14 +135,7 @@ def test_report_says_val_fraction_zero_gives_no_validation_split(tmp_path):
 
 
 def _split(rows) -> Dataset:
-    features = Features(
-        {
-            "image": Image(),
-            "label": ClassLabel(names=["a", "b"]),
-            "domain": ClassLabel(names=["herbarium", "field"]),
-            "path": Value("string"),
-        }
-    )
+    features = dataset_features(["a", "b"])  # the schema data_prep writes
     rng = np.random.default_rng(0)
     data = {"image": [], "label": [], "domain": [], "path": []}
     for i, (label, domain) in enumerate(rows):
@@ -190,7 +187,7 @@ def test_validation_without_field_photos_is_kept(tmp_path):
     assert len(data.validation) == 2 and not (data.validation.domains == S.FIELD).any()
 
 
-def test_validation_without_field_photos_trains_and_selects_on_mrr(tmp_path, monkeypatch):
+def test_validation_without_field_photos_trains_and_selects_on_mrr(tmp_path, monkeypatch, make_tiny_timm):
     """A validation split of herbarium sheets only, and a test split of herbarium sheets only: no crash."""
     herbarium = [(c, 0) for c in (0, 1) for _ in range(6)]
     _save(
@@ -199,7 +196,7 @@ def test_validation_without_field_photos_trains_and_selects_on_mrr(tmp_path, mon
         validation=TRAIN[:3],
         test=TRAIN[:3],
     )
-    metrics, messages = _train_shipped_config(tmp_path, monkeypatch)
+    metrics, messages = _train_shipped_config(tmp_path, monkeypatch, make_tiny_timm)
     assert metrics["best_model_metric"] == "mrr" and metrics["validation"]["all"]["n"] == 3
     assert "field" not in metrics["test"]
     assert not [m for m in messages if "is empty" in m]

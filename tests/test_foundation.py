@@ -1,4 +1,4 @@
-"""The install and the overlay: our trainer joins autotrain-advanced without breaking it."""
+"""The install: only our packages are importable, and our trainer joins autotrain-advanced without breaking it."""
 
 import json
 import os
@@ -30,21 +30,61 @@ def test_custom_trainer_module_runs_from_any_directory(where, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
-def test_overlay_keeps_upstream_package_intact(where, tmp_path):
+def test_trainer_joins_the_installed_upstream_package(where, tmp_path):
+    """Upstream's regular package wins even from the repository root; only our subpackage comes from here."""
     cwd = REPO_ROOT if where == "repo_root" else tmp_path
     code = (
-        "import json, autotrain, autotrain.trainers.common as common, autotrain.trainers.image_classification_custom as custom\n"
+        "import json, autotrain, autotrain.trainers, autotrain.trainers.common as common\n"
+        "import autotrain.trainers.image_classification_custom as custom, data_prep, inference_app\n"
         "from autotrain import logger\n"
-        "print(json.dumps({'version': autotrain.__version__, 'common': common.__file__, 'custom': custom.__file__,"
+        "print(json.dumps({'version': autotrain.__version__, 'init': autotrain.__file__,"
+        " 'trainers': autotrain.trainers.__file__, 'common': common.__file__, 'custom': custom.__file__,"
+        " 'data_prep': data_prep.__file__, 'inference_app': inference_app.__file__,"
         " 'logger': type(logger).__name__, 'monitor': callable(common.monitor)}))"
     )
     result = _run(["-c", code], cwd)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["version"] == version("autotrain-advanced")
-    assert "site-packages" in info["common"]
-    assert Path(info["custom"]).resolve().is_relative_to(REPO_ROOT / "autotrain")
-    assert info["monitor"]
+    for upstream in ("init", "trainers", "common"):
+        assert "site-packages" in info[upstream] and not Path(info[upstream]).is_relative_to(REPO_ROOT)
+    for ours, folder in [
+        ("custom", "autotrain"),
+        ("data_prep", "data_prep"),
+        ("inference_app", "inference_app"),
+    ]:
+        assert Path(info[ours]).resolve().is_relative_to(REPO_ROOT / folder), info[ours]
+    assert info["logger"] == "Logger" and info["monitor"]
+
+
+def test_checkout_has_no_autotrain_package_init():
+    """Without these files upstream's regular package wins over the checkout's folder on sys.path."""
+    assert not (REPO_ROOT / "autotrain" / "__init__.py").exists()
+    assert not (REPO_ROOT / "autotrain" / "trainers" / "__init__.py").exists()
+
+
+def test_other_top_level_folders_are_not_importable_elsewhere(tmp_path):
+    """`import tests` (benchmarks, docs, ...) from another directory never reaches this checkout."""
+    own = {"autotrain", "data_prep", "inference_app"}
+    folders = sorted(p.name for p in REPO_ROOT.iterdir() if p.is_dir() and p.name.isidentifier())
+    others = [name for name in folders if name not in own and not name.startswith((".", "_"))]
+    assert "tests" in others and "benchmarks" in others
+    code = (
+        "import importlib.util, json, sys\n"
+        "def where(name):\n"
+        "    spec = importlib.util.find_spec(name)\n"
+        "    return None if spec is None else [spec.origin, *(spec.submodule_search_locations or [])]\n"
+        "print(json.dumps({name: where(name) for name in sys.argv[1:]}))"
+    )
+    result = _run(["-c", code, *others], tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, places in found.items():
+        inside = [p for p in places or [] if p and Path(p).resolve().is_relative_to(REPO_ROOT)]
+        assert not inside, f"`import {name}` from another directory reaches the checkout: {inside}"
+    literal = _run(["-c", "import tests; print(list(tests.__path__))"], tmp_path)
+    assert str(REPO_ROOT / "tests") not in literal.stdout
+    assert literal.returncode == 0 or "No module named 'tests'" in literal.stderr, literal.stderr
 
 
 def test_gradio_is_current():
@@ -53,22 +93,6 @@ def test_gradio_is_current():
     packages = {p["name"].lower(): p["version"] for p in json.loads(listing.stdout)}
     assert Version(packages["gradio"]) >= Version("5.31")
     assert packages["autotrain-advanced"] == "0.8.36"
-
-
-def _tiny_transformers_classifier(folder: Path) -> None:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
 
 def _tiny_dataset(folder: Path, n_classes: int = 3, per_class: int = 4) -> None:
@@ -94,10 +118,10 @@ def _tiny_dataset(folder: Path, n_classes: int = 3, per_class: int = 4) -> None:
 
 
 @pytest.mark.slow
-def test_stock_image_classification_trainer_still_trains(tmp_path):
+def test_stock_image_classification_trainer_still_trains(tmp_path, make_tiny_vit):
     """The stock trainer, in the same environment, imports and trains one tiny epoch."""
     model_dir = tmp_path / "tiny-vit"
-    _tiny_transformers_classifier(model_dir)
+    make_tiny_vit(model_dir, num_labels=3)
     # The stock params want a bare project name; it resolves against the working directory.
     project = tmp_path / "stock-project"
     _tiny_dataset(project / "autotrain-data")

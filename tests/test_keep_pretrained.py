@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.embedder import prototype_logits
@@ -20,16 +19,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["a", "b", "c", "d"]
 
 
-def _tiny(tmp_path: Path, embedding_dim: int | None):
+def _tiny(tmp_path: Path, make_tiny_timm, embedding_dim: int | None):
     folder = make_tiny_timm(tmp_path / "tiny")
     return create_arcface_model(str(folder), LABELS, embedding_dim=embedding_dim, image_size=32).eval()
 
 
 @pytest.mark.parametrize("embedding_dim", [None, 8])
-def test_model_starts_ranking_like_frozen_feature_prototypes(tmp_path, embedding_dim):
+def test_model_starts_ranking_like_frozen_feature_prototypes(tmp_path, embedding_dim, make_tiny_timm):
     """Identity (or PCA) projection + class-mean centres: before training, the model's logits rank every
     image exactly like nearest-class-mean on the pooled backbone features."""
-    model = _tiny(tmp_path, embedding_dim)
+    model = _tiny(tmp_path, make_tiny_timm, embedding_dim)
     torch.manual_seed(1)
     train_x, eval_x = torch.randn(6, 3, 32, 32), torch.randn(5, 3, 32, 32)
     labels = np.array([0, 1, 2, 3, 0, 1])
@@ -53,8 +52,8 @@ def test_model_starts_ranking_like_frozen_feature_prototypes(tmp_path, embedding
         np.testing.assert_allclose((w @ w.t()).numpy(), np.eye(8), atol=1e-5)  # orthonormal rows
 
 
-def test_wise_ft_interpolates_every_float_tensor(tmp_path):
-    model = _tiny(tmp_path, 8)
+def test_wise_ft_interpolates_every_float_tensor(tmp_path, make_tiny_timm):
+    model = _tiny(tmp_path, make_tiny_timm, 8)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     tuned = {k: (v + 1.0 if v.is_floating_point() else v + 5) for k, v in start.items()}
     apply_wise_ft(model, start, tuned, 0.25)
@@ -67,8 +66,8 @@ def test_wise_ft_interpolates_every_float_tensor(tmp_path):
     torch.testing.assert_close(model.state_dict()["projection.weight"], start["projection.weight"])
 
 
-def test_temperature_changes_confidence_not_ranking(tmp_path):
-    model = _tiny(tmp_path, 8)
+def test_temperature_changes_confidence_not_ranking(tmp_path, make_tiny_timm):
+    model = _tiny(tmp_path, make_tiny_timm, 8)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         before = model(x).logits
@@ -105,7 +104,9 @@ def test_ece_and_wrong_unconfident_by_hand():
     assert [r["n"] for r in rows] == [1, 1] and rows[0]["accuracy"] == 0.0 and rows[1]["accuracy"] == 1.0
 
 
-def _train(tmp_path: Path, monkeypatch, messages: list[str] | None = None, **overrides) -> tuple[Path, dict]:
+def _train(
+    tmp_path: Path, monkeypatch, make_tiny_timm, messages: list[str] | None = None, **overrides
+) -> tuple[Path, dict]:
     from autotrain import logger
     from autotrain.trainers.image_classification_custom.__main__ import train
 
@@ -130,9 +131,11 @@ def _train(tmp_path: Path, monkeypatch, messages: list[str] | None = None, **ove
     return project, json.loads((project / "metrics.json").read_text())
 
 
-def test_wise_ft_zero_saves_the_frozen_feature_prototype_model(tmp_path, monkeypatch):
+def test_wise_ft_zero_saves_the_frozen_feature_prototype_model(tmp_path, monkeypatch, make_tiny_timm):
     """alpha 0 keeps the starting model: its test metrics are exactly the "before training" line."""
-    project, metrics = _train(tmp_path, monkeypatch, wise_ft_alpha=0.0, wise_ft_report=[0.0, 1.0], tsne=False)
+    project, metrics = _train(
+        tmp_path, monkeypatch, make_tiny_timm, wise_ft_alpha=0.0, wise_ft_report=[0.0, 1.0], tsne=False
+    )
     base, test = metrics["baseline_prototypes"]["test"], metrics["test"]
     for key in ("top1", "top5", "mrr"):
         assert test["all"][key] == pytest.approx(base["all"][key])
@@ -142,10 +145,10 @@ def test_wise_ft_zero_saves_the_frozen_feature_prototype_model(tmp_path, monkeyp
     assert not (project / "wise_ft_start.safetensors").exists()  # a temporary, never pushed
 
 
-def test_temperature_is_fitted_on_field_validation_and_saved(tmp_path, monkeypatch):
+def test_temperature_is_fitted_on_field_validation_and_saved(tmp_path, monkeypatch, make_tiny_timm):
     from transformers import AutoConfig
 
-    project, metrics = _train(tmp_path, monkeypatch, tsne=False)
+    project, metrics = _train(tmp_path, monkeypatch, make_tiny_timm, tsne=False)
     cal = metrics["calibration"]
     assert cal["source"].startswith("fitted on") and cal["temperature"] > 0
     assert cal["validation_field_ece_after"] <= cal["validation_field_ece_before"] + 1e-9
@@ -156,19 +159,21 @@ def test_temperature_is_fitted_on_field_validation_and_saved(tmp_path, monkeypat
     assert "temperature" in card and (project / "reliability.png").is_file()
 
 
-def test_without_field_validation_the_default_temperature_is_used_and_said(tmp_path, monkeypatch):
+def test_without_field_validation_the_default_temperature_is_used_and_said(
+    tmp_path, monkeypatch, make_tiny_timm
+):
     from autotrain.trainers.image_classification_custom.outputs import FALLBACK_TEMPERATURE
 
-    project, metrics = _train(tmp_path, monkeypatch, valid_split=None, tsne=False)
+    project, metrics = _train(tmp_path, monkeypatch, make_tiny_timm, valid_split=None, tsne=False)
     assert metrics["calibration"]["temperature"] == FALLBACK_TEMPERATURE
     assert metrics["best_model_metric"] is None
     assert "No field validation photos were available" in (project / "README.md").read_text()
 
 
-def test_progress_bar_and_one_readable_line_per_evaluation(tmp_path, monkeypatch, capsys):
+def test_progress_bar_and_one_readable_line_per_evaluation(tmp_path, monkeypatch, capsys, make_tiny_timm):
     """Issue 10, kind 5: a progress bar titled with the epoch, readable evaluation lines, no raw dicts."""
     messages: list[str] = []
-    _train(tmp_path, monkeypatch, messages, tsne=False, wise_ft_alpha=1.0)
+    _train(tmp_path, monkeypatch, make_tiny_timm, messages, tsne=False, wise_ft_alpha=1.0)
     err = capsys.readouterr().err
     assert "epoch 2/2" in err and ("it/s" in err or "s/it" in err)  # the tqdm bar
     evals = [m for m in messages if " validation (field photos" in m]
@@ -176,8 +181,8 @@ def test_progress_bar_and_one_readable_line_per_evaluation(tmp_path, monkeypatch
     assert not any("{'loss'" in m or "'eval_top1'" in m for m in messages + err.splitlines())
 
 
-def test_wider_embedding_than_features_starts_as_an_isometry(tmp_path):
-    model = _tiny(tmp_path, 4 * 1280)
+def test_wider_embedding_than_features_starts_as_an_isometry(tmp_path, make_tiny_timm):
+    model = _tiny(tmp_path, make_tiny_timm, 4 * 1280)
     feats = torch.randn(5, model.config.feature_dim)
     assert model.init_projection(feats) == "identity"
     with torch.no_grad():
@@ -185,12 +190,16 @@ def test_wider_embedding_than_features_starts_as_an_isometry(tmp_path):
     torch.testing.assert_close(out.norm(dim=1), feats.norm(dim=1))
 
 
-def test_wise_ft_alpha_is_chosen_on_field_validation_and_never_below_the_start(tmp_path, monkeypatch):
+def test_wise_ft_alpha_is_chosen_on_field_validation_and_never_below_the_start(
+    tmp_path, monkeypatch, make_tiny_timm
+):
     """With field validation photos the saved alpha is the grid's best by validation MRR; alpha 0 (the
     starting prototype model) is a candidate, so the saved model is never worse there than the start."""
     from autotrain.trainers.image_classification_custom.wise_ft import WISE_FT_GRID
 
-    project, metrics = _train(tmp_path, monkeypatch, tsne=False, lr=0.05, head_lr=0.5, backbone_lr=None)
+    project, metrics = _train(
+        tmp_path, monkeypatch, make_tiny_timm, tsne=False, lr=0.05, head_lr=0.5, backbone_lr=None
+    )
     selection = metrics["wise_ft"]["selection"]
     assert selection["by"] == "field validation MRR"
     scores = {float(a): m for a, m in selection["validation_mrr"].items()}

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
-from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import splits as S
 from data_prep import build_dataset
@@ -117,7 +116,7 @@ def test_image_folder_without_species_folders_is_a_data_input_error(tmp_path: Pa
 
 
 def test_trainer_cli_exits_2_with_one_line_for_a_folder_without_species(
-    tmp_path: Path, run_trainer_cli
+    tmp_path: Path, run_trainer_cli, make_tiny_timm
 ) -> None:
     root = _imagefolder_without_species(tmp_path / "images")
     config = {
@@ -139,7 +138,7 @@ def test_trainer_cli_exits_2_with_one_line_for_a_folder_without_species(
 
 
 def test_training_counts_no_test_only_species_as_herbarium_only(
-    test_only_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    test_only_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_tiny_timm
 ) -> None:
     from autotrain.trainers.image_classification_custom.__main__ import train
 

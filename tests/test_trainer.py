@@ -1,7 +1,6 @@
 """Trainer pieces (fast): optimizer groups, the two stages, frozen BatchNorm, resume, Hub upload, card.
 
-The helpers at the top build a tiny DatasetDict and tiny local backbones; tests/test_trainer_e2e.py
-imports them for the end-to-end runs.
+The tiny model and trainer come from conftest.py's fixtures.
 """
 
 import json
@@ -12,137 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+# species names for the model-card and t-SNE tests below (any four names; the tiny dataset's are the
+# `class_names` fixture in conftest.py)
 CLASS_NAMES = ["acer", "betula", "carex", "dianthus"]
-COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
-
-
-# --- helpers (shared with test_trainer_e2e.py) -----------------------------------------------------------
-
-
-def make_tiny_dataset(folder: Path, train_per_class: int = 6, seed: int = 0) -> Path:
-    """A DatasetDict like data_prep's: 4 colour-coded classes, herbarium + field, class 3 herbarium-only.
-
-    validation: field photos of classes 0-2; test: field photos of all 4 classes.
-    """
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
-    from PIL import Image as PILImage
-
-    rng = np.random.default_rng(seed)
-    features = Features(
-        {
-            "image": Image(),
-            "label": ClassLabel(names=CLASS_NAMES),
-            "domain": ClassLabel(names=["herbarium", "field"]),
-            "path": Value("string"),
-        }
-    )
-
-    def image(label: int, domain: int):
-        base = np.empty((48, 64, 3), np.float32)
-        base[:] = COLOURS[label]
-        base = base * (0.7 if domain == 0 else 1.0) + rng.normal(0, 25, base.shape)
-        return PILImage.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-
-    def split(spec):
-        rows = {k: [] for k in features}
-        for label, domain, n in spec:
-            for i in range(n):
-                rows["image"].append(image(label, domain))
-                rows["label"].append(label)
-                rows["domain"].append(domain)
-                rows["path"].append(f"{['herbarium', 'field'][domain]}/{CLASS_NAMES[label]}/{i}.jpg")
-        return Dataset.from_dict(rows, features=features)
-
-    n = train_per_class
-    train = split([(c, 0, n) for c in range(4)] + [(c, 1, max(1, n // 2)) for c in range(3)])
-    validation = split([(c, 1, 2) for c in range(3)])
-    test = split([(c, 1, 2) for c in range(4)])
-    DatasetDict({"train": train, "validation": validation, "test": test}).save_to_disk(str(folder))
-    return folder
-
-
-def make_tiny_timm(folder: Path, name: str = "test_efficientnet") -> Path:
-    """A tiny random timm backbone saved as a local folder (config.json + weights)."""
-    import timm
-
-    torch.manual_seed(0)
-    timm.models.save_for_hf(timm.create_model(name, pretrained=False, num_classes=0), str(folder))
-    return folder
-
-
-def make_tiny_vit(folder: Path) -> Path:
-    """A tiny random transformers ViT saved with save_pretrained (+ its image processor)."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    ViTModel(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
-def tiny_config(project: str, data: str, model: str, **overrides) -> dict:
-    """A training config that runs in seconds on CPU."""
-    config = {
-        "project_name": project,
-        "data_path": data,
-        "model": model,
-        "image_size": 32,
-        "embedding_dim": 32,
-        "epochs": 2,
-        "warmup_epochs": 1,
-        "batch_size": 8,
-        "lr": 1e-3,
-        "dataloader_num_workers": 0,
-        "tsne": True,
-        "seed": 0,
-    }
-    config.update(overrides)
-    return config
-
-
-def tiny_model(num_classes: int = 4):
-    from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
-
-    torch.manual_seed(0)
-    return create_arcface_model(
-        "test_efficientnet", CLASS_NAMES[:num_classes], pretrained=False, embedding_dim=16, image_size=32
-    )
 
 
 # --- optimizer, stages, frozen BatchNorm ---------------------------------------------------------------
 
 
-def _trainer(tmp_path, model, **kwargs):
-    from transformers import TrainingArguments
-
-    from autotrain.trainers.image_classification_custom.arcface_trainer import ArcFaceTrainer
-    from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
-
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, weight_decay=0.1, max_steps=1
-    )
-    return ArcFaceTrainer(
-        model=model,
-        args=args,
-        data_collator=NormalizeCollator(model.config.image_mean, model.config.image_std),
-        sampler_factory=lambda: None,
-        backbone_lr=1e-5,
-        head_lr=1e-3,
-        **kwargs,
-    )
-
-
-def test_optimizer_has_backbone_and_head_groups(tmp_path):
+def test_optimizer_has_backbone_and_head_groups(tmp_path, tiny_model, make_trainer):
     model = tiny_model()
-    trainer = _trainer(tmp_path, model)
+    trainer = make_trainer(tmp_path, model)
     model.freeze_backbone(True)  # frozen parameters still belong to the optimizer (stage 2 needs them)
     optimizer = trainer.create_optimizer()
     groups = {(g["group"], g["weight_decay"]): g for g in optimizer.param_groups}
@@ -165,11 +44,11 @@ def _batch(model, n=8):
 
 
 @pytest.mark.parametrize("stage2_batchnorm", ["train", "frozen"])
-def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path, stage2_batchnorm):
+def test_stage_one_freezes_backbone_and_its_batchnorm(tmp_path, stage2_batchnorm, tiny_model, make_trainer):
     from autotrain.trainers.image_classification_custom.callbacks import BackboneWarmupCallback
 
     model = tiny_model()
-    trainer = _trainer(tmp_path, model, freeze_batchnorm=stage2_batchnorm == "frozen")
+    trainer = make_trainer(tmp_path, model, freeze_batchnorm=stage2_batchnorm == "frozen")
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() in a real run
     bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -348,7 +227,7 @@ def test_tsne_plot_draws_each_embedding_in_its_species_colour_and_keeps_clusters
     assert (labels[nearest.argmin(axis=1)] == labels).all()
 
 
-def test_embedder_gives_the_numbers_of_a_direct_model_pass():
+def test_embedder_gives_the_numbers_of_a_direct_model_pass(tiny_model):
     from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator
     from autotrain.trainers.image_classification_custom.embedder import Embedder
 
@@ -426,7 +305,7 @@ def test_report_files_hold_the_summary(tmp_path):
     assert (tmp_path / "reliability.png").is_file() and "(reliability.png)" in card and "(tsne.png)" in card
 
 
-def test_saved_weights_use_wise_ft_alpha_after_a_report(tmp_path):
+def test_saved_weights_use_wise_ft_alpha_after_a_report(tmp_path, tiny_model):
     """WiSE-FT stage alone: the report evaluates its alphas, and the saved weights still mix with
     ``wise_ft_alpha`` (without field validation photos there is no selection)."""
     from autotrain.trainers.image_classification_custom.dataset import NormalizeCollator

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from test_trainer import make_tiny_timm
 
 from autotrain.trainers.image_classification_custom import splits as S
 from data_prep.testing import write_image
@@ -50,7 +49,9 @@ def test_symlinks_leading_outside_the_folder_are_left_out_and_named(tmp_path: Pa
     assert len(data.train) == 7 and names.count("inside.jpg") == 1
 
 
-def test_a_text_file_named_jpg_is_one_line_and_exit_2(tmp_path: Path, run_trainer_cli) -> None:
+def test_a_text_file_named_jpg_is_one_line_and_exit_2(
+    tmp_path: Path, run_trainer_cli, make_tiny_timm
+) -> None:
     root = _image_folder(tmp_path / "DATA")
     (root / "train" / "Annona glabra" / "notes.jpg").write_text("collector: J. Smith\n")
     config = {

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_trainer import CLASS_NAMES, make_tiny_dataset, make_tiny_timm, make_tiny_vit, tiny_config
 
 from autotrain.trainers.image_classification_custom.model_card import format_metric
 
@@ -58,7 +57,7 @@ print(json.dumps(out))
 """
 
 
-def _check_pipeline_loads(tmp_path: Path, folder: Path) -> list:
+def _check_pipeline_loads(tmp_path: Path, folder: Path, class_names: list[str]) -> list:
     from datasets import load_from_disk
 
     image_path = tmp_path / "probe.png"
@@ -75,7 +74,7 @@ def _check_pipeline_loads(tmp_path: Path, folder: Path) -> list:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(predictions) == 3 and {p["label"] for p in predictions} <= set(CLASS_NAMES)
+    assert len(predictions) == 3 and {p["label"] for p in predictions} <= set(class_names)
     return predictions
 
 
@@ -85,7 +84,7 @@ def _card_row(card: str, section: str, subset: str) -> list[str]:
     return [cell.strip() for cell in row.strip("|").split("|")][1:]
 
 
-def _check_outputs(project: Path, token: str = None) -> dict:
+def _check_outputs(project: Path, class_names: list[str], token: str = None) -> dict:
     for name in (
         "config.json",
         "model.safetensors",
@@ -98,7 +97,7 @@ def _check_outputs(project: Path, token: str = None) -> dict:
     ):
         assert (project / name).is_file(), name
     config = json.loads((project / "config.json").read_text())
-    assert config["id2label"] == {str(i): n for i, n in enumerate(CLASS_NAMES)}
+    assert config["id2label"] == {str(i): n for i, n in enumerate(class_names)}
     assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_arcface.")
     metrics = json.loads((project / "metrics.json").read_text())
     assert set(metrics["validation"]) >= {"all", "field", "with_field"}
@@ -116,21 +115,23 @@ def _check_outputs(project: Path, token: str = None) -> dict:
 
 
 @pytest.mark.slow
-def test_timm_backbone_end_to_end(tmp_path):
+def test_timm_backbone_end_to_end(tmp_path, make_tiny_dataset, make_tiny_timm, tiny_config, class_names):
     make_tiny_dataset(tmp_path / "data")
     make_tiny_timm(tmp_path / "tiny-timm")
     result = _run(tmp_path, tiny_config("tiny-timm-run", "data", "tiny-timm"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     project = tmp_path / "tiny-timm-run"
-    metrics = _check_outputs(project)
+    metrics = _check_outputs(project, class_names)
     assert metrics["training"]["throughput"]["head_images_per_second"] > 0
     assert "baseline_prototypes" in metrics
-    _check_pipeline_loads(tmp_path, project)
+    _check_pipeline_loads(tmp_path, project, class_names)
     assert list(project.glob("checkpoint-*"))  # kept, like the stock trainer
 
 
 @pytest.mark.slow
-def test_transformers_backbone_end_to_end(tmp_path):
+def test_transformers_backbone_end_to_end(
+    tmp_path, make_tiny_dataset, make_tiny_vit, tiny_config, class_names
+):
     make_tiny_dataset(tmp_path / "data")
     make_tiny_vit(tmp_path / "tiny-vit")
     config = tiny_config(
@@ -145,10 +146,10 @@ def test_transformers_backbone_end_to_end(tmp_path):
     result = _run(tmp_path, config)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     project = tmp_path / "tiny-vit-run"
-    _check_outputs(project)
+    _check_outputs(project, class_names)
     saved = json.loads((project / "config.json").read_text())
     assert saved["backbone_source"] == "transformers" and saved["arcface_subcenters"] == 2
-    _check_pipeline_loads(tmp_path, project)
+    _check_pipeline_loads(tmp_path, project, class_names)
 
 
 @pytest.mark.slow
@@ -166,7 +167,7 @@ def test_invalid_config_exits_non_zero_naming_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_tiny_dataset, make_tiny_timm, tiny_config):
     make_tiny_dataset(tmp_path / "data", train_per_class=12)
     make_tiny_timm(tmp_path / "tiny-timm")
     epochs, batch = 8, 8
@@ -227,7 +228,9 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_push_to_hub_uploads_the_folder_and_no_token(tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_folder_and_no_token(
+    tmp_path, monkeypatch, make_tiny_dataset, make_tiny_timm, tiny_config
+):
     """In-process run with HfApi replaced by a fake: what would be uploaded, and no token on disk."""
     from autotrain import logger
     from autotrain.trainers.image_classification_custom import callbacks, outputs
@@ -279,7 +282,9 @@ def test_push_to_hub_uploads_the_folder_and_no_token(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_run_writes_outputs_once(tmp_path):
+def test_two_process_ddp_run_writes_outputs_once(
+    tmp_path, make_tiny_dataset, make_tiny_timm, tiny_config, class_names
+):
     """`torchrun --nproc_per_node 2` (what `accelerate launch` does on several GPUs), here on CPU with
     gloo: both ranks train, only the main process writes the folder, card and metrics."""
     from inference_app.testing import free_port
@@ -315,4 +320,4 @@ def test_two_process_ddp_run_writes_outputs_once(tmp_path):
     assert metrics["training"]["num_processes"] == 2
     assert (project / "model.safetensors").is_file() and (project / "README.md").is_file()
     assert not list(tmp_path.glob("ddp-run*/**/*.tmp"))
-    _check_pipeline_loads(tmp_path, project)
+    _check_pipeline_loads(tmp_path, project, class_names)

@@ -171,8 +171,9 @@ def _usage_lines(where: str) -> list[str]:
         'print(classifier("field_photo.jpg", top_k=5))',
         "```",
         "",
-        "The model code (`modeling_arcface.py`) ships in this repository; it needs torch, transformers and "
-        "timm and never downloads the original backbone weights.",
+        "The model code (`configuration_arcface.py`, `modeling_arcface.py`: inference only) ships in this "
+        "repository; it needs torch and transformers (and timm for a timm backbone) and never downloads the "
+        "original backbone weights.",
         "",
     ]
 

@@ -56,15 +56,14 @@ def _import_model_class():
 
 
 class _EmbedAndLogits(torch.nn.Module):
-    """embed + head.get_logits in one module (one backbone pass; traceable)."""
+    """``model.embed_and_logits`` as a module's forward (one backbone pass; what ``torch.jit.trace`` needs)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings = self.model.embed(pixel_values)
-        return embeddings, self.model.head.get_logits(embeddings)
+        return self.model.embed_and_logits(pixel_values)
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -75,11 +75,7 @@ class Embedder:
         """Unit embeddings ``(N, D)`` and logits ``(N, C)`` (no margin, divided by the model's
         temperature), both float32."""
 
-        def step(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            embeddings = self.model.embed(x).float()
-            return embeddings, self.model.head.get_logits(embeddings)
-
-        embeddings, logits = self._each_batch(images, indices, step)
+        embeddings, logits = self._each_batch(images, indices, self.model.embed_and_logits)
         return embeddings, logits
 
     def logits(self, images: np.ndarray, indices: np.ndarray | None = None) -> np.ndarray:

@@ -66,8 +66,13 @@ def test_enrol_two_species_in_place(model_dir, tmp_path, capsys):
     pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     before = _logits(model_dir, pixels)
     root = make_species_root(tmp_path / "new")
+    (model_dir / "checkpoint-1").mkdir()
+    (model_dir / "checkpoint-1" / "model.safetensors").write_bytes(b"old weights")
+    (model_dir / "metrics.json").write_text("{}")
     assert E.main(["--model", str(model_dir), "--images", str(root), "--quiet"]) == 0
     assert "enrolled 2 species (6 images, 0 skipped)" in capsys.readouterr().out
+    assert (model_dir / "checkpoint-1" / "model.safetensors").read_bytes() == b"old weights"
+    assert (model_dir / "metrics.json").is_file() and (model_dir / "preprocessor_config.json").is_file()
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"] == {
         **{str(i): n for i, n in enumerate(CLASS_NAMES)},

@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -345,7 +346,10 @@ def load_model_folder(model_dir: str | os.PathLike) -> tuple[nn.Module, Any]:
 
 
 def _write_folder(model: nn.Module, source: Path, target: Path) -> None:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*_REWRITTEN), dirs_exist_ok=True)
+    def rewritten(folder: str, names: list[str]) -> list[str]:  # top level only: checkpoints stay whole
+        return [n for n in names if Path(folder) == source and any(fnmatch(n, p) for p in _REWRITTEN)]
+
+    shutil.copytree(source, target, ignore=rewritten, dirs_exist_ok=True)
     model.save_pretrained(target, safe_serialization=True)
     readme = source / "README.md"
     text = readme.read_text(encoding="utf-8") if readme.is_file() else None

@@ -122,10 +122,11 @@ OFFLINE_SCRIPT = textwrap.dedent(
     import sys
     from transformers import pipeline
 
-    folder, image, expected = sys.argv[1:]
+    folder, pairs = sys.argv[1], sys.argv[2:]
     classify = pipeline("image-classification", model=folder, trust_remote_code=True, top_k=3)
-    result = classify(image)
-    assert result[0]["label"] == expected, result
+    for image, expected in zip(pairs[::2], pairs[1::2]):
+        result = classify(image)
+        assert result[0]["label"] == expected, (image, result)
     assert not any(name.startswith("autotrain") for name in sys.modules)
     print("OFFLINE_OK")
     """
@@ -138,23 +139,21 @@ def test_enrolled_folder_loads_with_pipeline_in_a_fresh_process(model_dir, tmp_p
     out = tmp_path / "enrolled"
     assert E.main(["--model", str(model_dir), "--images", str(root), "--out", str(out), "--quiet"]) == 0
     assert len(json.loads((model_dir / "config.json").read_text())["id2label"]) == 4  # source untouched
-    work = tmp_path / "elsewhere"
-    work.mkdir()
-    (work / "check.py").write_text(OFFLINE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    for name in NEW:
-        image = str(root / name / "0.png")
-        result = subprocess.run(
-            [sys.executable, "-P", str(work / "check.py"), str(out), image, name],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "OFFLINE_OK" in result.stdout
+    script = tmp_path / "elsewhere" / "check.py"
+    script.parent.mkdir()
+    script.write_text(OFFLINE_SCRIPT)
+    pairs = [arg for name in NEW for arg in (str(root / name / "0.png"), name)]
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no project on the path
+    offline = dict(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    done = subprocess.run(
+        [sys.executable, "-P", str(script), str(out), *pairs],
+        env=clean | offline,
+        cwd=script.parent,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "OFFLINE_OK" in done.stdout, done.stderr[-3000:]
 
 
 def test_existing_species_refused_without_replace(model_dir, tmp_path, capsys):

@@ -16,8 +16,9 @@ are the herbarium-like domain, the other views the field domain):
    enrolment restricted to the trained classes (must not move) and after enrolment among all classes
    (how the new centres compete).
 
-``python benchmarks/bench_enroll.py [--out bench-out/enroll] [--seed 0]``; results in
-``OUT/results.json`` and ``OUT/results.md``. Skipped, and said so, when the real data is absent.
+``python benchmarks/bench_enroll.py [--out bench-out/enroll] [--seed 0] [--systems frozen,trained]``;
+results in ``OUT/results-s<seed>.json`` and ``.md`` (the frozen baseline has no seed: it is the same in
+every file). Skipped, and said so, when the real data is absent.
 """
 
 from __future__ import annotations
@@ -216,8 +217,10 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     out, t0 = args.out.resolve(), time.perf_counter()
     split = split_species(real_data.leafsnap_plan(source), args.held_out)
     enrol_root = link_root(split["enrol"], out / "enrol")
-    folders = {"frozen": frozen_folder(split, out / "frozen", args.image_size)}
-    if not args.frozen_only:
+    folders = {}
+    if "frozen" in args.systems:
+        folders["frozen"] = frozen_folder(split, out / "frozen", args.image_size)
+    if "trained" in args.systems:
         folders["trained"] = train_folder(split, out, args)
     results: dict[str, Any] = {"held_out": split["held_out"], "settings": vars(args) | {"out": str(out)}}
     results["enrolled_images"] = {s: len(f) for s, f in split["enrol"].items()}
@@ -243,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=3600)
-    p.add_argument("--frozen-only", action="store_true", help="skip training (the baseline only)")
+    p.add_argument(
+        "--systems", default="frozen,trained", help="comma-separated: frozen (no training), trained"
+    )
     p.add_argument("--data-root", type=Path, default=real_data.SHARED_DATA)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -252,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if results is None:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (args.out / f"results-s{args.seed}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     text = table(results)
-    (args.out / "results.md").write_text(text)
+    (args.out / f"results-s{args.seed}.md").write_text(text)
     print(text)
     return 0
 

@@ -45,12 +45,12 @@ import stock_harness as sh  # noqa: E402
 # --- project names (one place, so that the paths can follow the issue-11 restructuring) -------------
 from autotrain.trainers.image_classification_custom import enroll as E  # noqa: E402
 from autotrain.trainers.image_classification_custom import metrics as M  # noqa: E402
-from autotrain.trainers.image_classification_custom.modeling_arcface import (  # noqa: E402
-    EMBEDDED_BACKBONE,
+from autotrain.trainers.image_classification_custom.model_io import (  # noqa: E402
     create_arcface_model,
     create_image_processor,
     save_arcface_model,
 )
+from data_prep.contract import EMBEDDED_BACKBONE  # noqa: E402
 
 Files = dict[str, list[Path]]
 

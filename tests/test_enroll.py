@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-# project names in one place (the tiny-model helpers of test_trainer move to conftest.py in issue 11)
-from test_trainer import CLASS_NAMES, tiny_model  # isort: skip
 from autotrain.trainers.image_classification_custom import enroll as E
-from autotrain.trainers.image_classification_custom.modeling_arcface import (
-    ArcFaceForImageClassification,
-    save_arcface_model,
-)
+from autotrain.trainers.image_classification_custom.model_io import save_arcface_model
+from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceForImageClassification
 
 NEW = {"rosa canina": (230, 60, 160), "urtica dioica": (20, 20, 20)}
 
@@ -45,8 +41,8 @@ def make_species_root(root: Path, per_species: int = 3, species=NEW) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
+@pytest.fixture
+def base_dir(tiny_model, tmp_path_factory):
     """A tiny saved model (4 classes, random backbone, 16-d embedding, 32 px)."""
     return save_arcface_model(tiny_model().eval(), tmp_path_factory.mktemp("base") / "model")
 
@@ -62,7 +58,7 @@ def _logits(folder: Path, pixels: torch.Tensor) -> torch.Tensor:
         return model(pixels).logits
 
 
-def test_enrol_two_species_in_place(model_dir, tmp_path, capsys):
+def test_enrol_two_species_in_place(model_dir, tmp_path, capsys, class_names):
     pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     before = _logits(model_dir, pixels)
     root = make_species_root(tmp_path / "new")
@@ -75,7 +71,7 @@ def test_enrol_two_species_in_place(model_dir, tmp_path, capsys):
     assert (model_dir / "metrics.json").is_file() and (model_dir / "preprocessor_config.json").is_file()
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"] == {
-        **{str(i): n for i, n in enumerate(CLASS_NAMES)},
+        **{str(i): n for i, n in enumerate(class_names)},
         "4": "rosa canina",
         "5": "urtica dioica",
     }
@@ -222,14 +218,14 @@ def test_bad_input_is_one_line_exit_2(model_dir, tmp_path, capsys, case, message
     assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_subcenters_get_kmeans_centres_in_class_major_rows(tmp_path):
-    from autotrain.trainers.image_classification_custom.modeling_arcface import create_arcface_model
+def test_subcenters_get_kmeans_centres_in_class_major_rows(tmp_path, class_names):
+    from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
 
     torch.manual_seed(0)
     k = 3
     model = create_arcface_model(
         "test_efficientnet",
-        CLASS_NAMES,
+        class_names,
         pretrained=False,
         embedding_dim=16,
         image_size=32,

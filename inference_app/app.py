@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,10 +30,16 @@ import gradio as gr
 import numpy as np
 from gradio.components.plot import PlotData
 
-from inference_app.identification import Identification, identify, softmax
+from inference_app.identification import ENROLLED_MARK, Identification, identify, softmax
 from inference_app.images import DEFAULT_MIN_SIDE, InvalidImageError
 from inference_app.options import CACHE_SWEEP_S, KEEP_UPLOADS_S, parse_args
-from inference_app.predictor import DEFAULT_MODEL, ModelNotFoundError, Predictor, default_num_threads
+from inference_app.predictor import (
+    DEFAULT_MODEL,
+    EnrolmentError,
+    ModelNotFoundError,
+    Predictor,
+    default_num_threads,
+)
 from inference_app.reference import ReferenceIndex, ReferenceSetError, default_cache_dir, load_reference_set
 from inference_app.taxonomy import Taxonomy, TaxonomyError
 from inference_app.tsne_map import TSNEMap
@@ -108,8 +114,10 @@ class MapRenderer:
         return PlotData(type="plotly", plot=self.render(coords, names))
 
 
-def _label_value(ranked: Sequence[tuple[str, float]]) -> dict[str, float] | None:
-    return {name: float(p) for name, p in ranked} if ranked else None
+def _label_value(
+    ranked: Sequence[tuple[str, float]], display: Callable[[str], str] = str
+) -> dict[str, float] | None:
+    return {display(name): float(p) for name, p in ranked} if ranked else None
 
 
 def _photo_paths(photos) -> list[str]:
@@ -162,6 +170,7 @@ def analyse_photos(
         taxonomy=taxonomy,
         combine=settings.combine,  # type: ignore[arg-type]
         skipped=skipped,
+        enrolled=predictor.enrolled,
     )
     return result, embeddings
 
@@ -194,7 +203,7 @@ class _Handlers:
                 neighbours.append((self.thumbnail(n.index), caption))
         return (
             result.summary_markdown(),
-            _label_value(result.species),
+            _label_value(result.species, result.display),
             _label_value(result.genus),
             _label_value(result.family),
             neighbours,
@@ -327,6 +336,11 @@ def load_components(args: argparse.Namespace):
         model = str(REPO_ROOT / DEFAULT_MODEL)  # the README's default run, started from another folder
     threads = args.threads or max(1, default_num_threads() // max(1, args.concurrency))
     predictor = Predictor.from_pretrained(model, device=args.device, num_threads=threads)
+    if args.enroll:
+        added = predictor.enroll(args.enroll)
+        logger.info(
+            "enrolled %d species from %s (marked %s in answers)", len(added), args.enroll, ENROLLED_MARK
+        )
     taxonomy = None
     if args.taxonomy:
         taxonomy = Taxonomy.from_csv(args.taxonomy)
@@ -368,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         predictor, index, tsne_map, taxonomy, examples = load_components(args)
-    except (ModelNotFoundError, ReferenceSetError, TaxonomyError) as error:
+    except (ModelNotFoundError, ReferenceSetError, TaxonomyError, EnrolmentError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     settings = AppSettings(

@@ -13,13 +13,16 @@ same plant: agreement between photos then sharpens the answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from inference_app.taxonomy import UNLISTED, Taxonomy
+
+#: How the app marks a species enrolled from a few images (no training on it; see ``enroll.py``).
+ENROLLED_MARK = "(enrolled)"
 
 CombineMethod = Literal["mean_prob", "mean_log"]
 COMBINE_METHODS: tuple[str, ...] = ("mean_prob", "mean_log")
@@ -71,6 +74,11 @@ class Identification:
     n_photos: int = 1
     combine: str = "mean_prob"
     skipped: list[str] = field(default_factory=list)
+    enrolled: frozenset[str] = frozenset()
+
+    def display(self, name: str) -> str:
+        """``name``, marked when the species was enrolled from a few images rather than trained on."""
+        return f"{name} {ENROLLED_MARK}" if name in self.enrolled else name
 
     @property
     def confident(self) -> bool:
@@ -79,6 +87,7 @@ class Identification:
     def summary_markdown(self) -> str:
         """One status paragraph: the answer at the finest confident rank, or an honest "no match"."""
         best, best_p = self.species[0]
+        best = self.display(best)
         if self.level == "species":
             text = f"**{best}** ({best_p:.0%} confidence)."
         elif self.level in ("genus", "family"):
@@ -109,6 +118,7 @@ def identify(
     taxonomy: Taxonomy | None = None,
     combine: CombineMethod = "mean_prob",
     skipped: Sequence[str] = (),
+    enrolled: Iterable[str] = (),
 ) -> Identification:
     """Rank species, roll up to genus/family, and pick the finest rank above ``threshold``.
 
@@ -120,6 +130,7 @@ def identify(
         taxonomy: optional; enables the genus and family roll-ups and the genus-level answer.
         combine: how several photos are combined (see the module docstring).
         skipped: messages about photos that could not be used.
+        enrolled: species added by enrolment (``enroll.py``, no training): marked in the answer.
     """
     probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     if probs.shape[1] != len(labels):
@@ -136,6 +147,7 @@ def identify(
 
     ranked = {"species": species, "genus": genus, "family": family}
     photos = {"n_photos": probs.shape[0], "combine": combine, "skipped": list(skipped)}
+    photos["enrolled"] = frozenset(enrolled)
     return Identification(
         **ranked, **_answer(species, genus, family, threshold), **photos, threshold=threshold
     )

@@ -51,6 +51,13 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         help="reference set: data_prep dataset folder, image folder or Hub dataset id (env REFERENCE; "
         "default: <model>/autotrain-data when present)",
     )
+    parser.add_argument(
+        "--enroll",
+        default=None,
+        metavar="ROOT",
+        help="add the species in ROOT/<species>/* to the model at start-up, without retraining (one class "
+        "centre each from its images; marked '(enrolled)' in answers); the model folder is not changed",
+    )
     parser.add_argument("--reference-split", default=_env("REFERENCE_SPLIT"), help="use only this split")
     parser.add_argument("--no-reference", action="store_true", help="do not load any reference set")
     parser.add_argument("--no-map", action="store_true", help="skip the t-SNE map")

@@ -66,6 +66,10 @@ class _EmbedAndLogits(torch.nn.Module):
         return self.model.embed_and_logits(pixel_values)
 
 
+class EnrolmentError(ValueError):
+    """``--enroll`` cannot be done; the message is one line naming the folder or species and the reason."""
+
+
 class ModelNotFoundError(FileNotFoundError):
     """The model folder or Hub repository cannot be found; the message says how to get one."""
 
@@ -231,11 +235,52 @@ class Predictor:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.batch_size = batch_size
         self.from_hub = from_hub
+        self.optimize = optimize
+        self.changed_in_memory = False  # True after enroll(): the folder no longer describes the model
+        self._model_changed()
+
+    def _model_changed(self) -> None:
+        """Labels, enrolled species and the traced copy from the current model (after loading or enrolling)."""
+        model = self.model
         id2label = {int(i): name for i, name in model.config.id2label.items()}
         self.labels: list[str] = [id2label[i] for i in range(len(id2label))]
+        #: species enrolled without training (``config.enrolled_species``: name -> number of images)
+        self.enrolled: dict[str, int] = dict(getattr(model.config, "enrolled_species", None) or {})
+        self.__dict__.pop("model_hash", None)
         self.optimized = None
-        if optimize and self.device.type == "cpu":
+        if self.optimize and self.device.type == "cpu":
             self.optimized = self._build_optimized()
+
+    def enroll(self, images_root: str | Path, replace: bool = False) -> dict[str, int]:
+        """Add ``images_root/<species>/*`` as new species, in memory, without training (the app's ``--enroll``).
+
+        Each new species gets the normalised mean embedding of its images as its class centre (see
+        ``autotrain.trainers.image_classification_custom.enroll``); the saved folder is not changed.
+
+        Returns:
+            ``{species: number of usable images}`` of this call.
+
+        Raises:
+            EnrolmentError: one line: no species folders, an existing species without ``replace``, a
+                species without a usable image, or the trainer package is not installed (a Space).
+        """
+        try:
+            from autotrain.trainers.image_classification_custom.enroll import EnrolError, enroll_in_memory
+        except ImportError as error:
+            raise EnrolmentError(
+                "--enroll needs this project installed (not available in a Space: enrol with `python -m "
+                "autotrain.trainers.image_classification_custom.enroll` and push the enrolled model)"
+            ) from error
+        self.model.to("cpu", memory_format=torch.contiguous_format)
+        try:
+            _, added = enroll_in_memory(self.model, self.preprocessing, images_root, replace=replace)
+        except EnrolError as error:
+            raise EnrolmentError(str(error)) from error
+        finally:
+            self.model.eval().to(self.device, memory_format=self.memory_format)
+        self.changed_in_memory = True
+        self._model_changed()
+        return added
 
     @classmethod
     def from_pretrained(
@@ -293,7 +338,8 @@ class Predictor:
                     with path.open("rb") as handle:
                         for chunk in iter(lambda: handle.read(1 << 22), b""):
                             digest.update(chunk)
-        else:  # an in-memory model: hash its parameters
+        if self.changed_in_memory or self.model_dir is None or not (self.model_dir / "config.json").is_file():
+            # an in-memory model, or centres enrolled at start-up: hash the parameters too
             for name, tensor in sorted(self.model.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -268,3 +268,34 @@ def test_model_card_section_is_replaced_not_duplicated():
     assert again.count(E.CARD_START) == 1 and "| c | 1 | 9 |" in again and "## Later" in again
     assert "| b |" not in again
     assert E.update_model_card(None, section, "my-model").startswith("---\nlibrary_name: transformers")
+
+
+def test_app_enrols_at_start_up_and_marks_enrolled_species(model_dir, tmp_path):
+    """``app.py --enroll ROOT``: the new species are ranked (first on one of their own photos) and marked."""
+    from inference_app.app import AppSettings, analyse_photos, load_components
+    from inference_app.options import parse_args
+
+    root = make_species_root(tmp_path / "new")
+    args = parse_args(["--model", str(model_dir), "--enroll", str(root), "--no-reference", "--no-map"])
+    predictor, *_ = load_components(args)
+    assert predictor.labels[-2:] == list(NEW) and predictor.enrolled == {name: 3 for name in NEW}
+    before = json.loads((model_dir / "config.json").read_text())
+    assert "enrolled_species" not in before and len(before["id2label"]) == 4  # the folder is not changed
+
+    result, _ = analyse_photos(predictor, [str(root / "urtica dioica" / "0.png")], AppSettings(threshold=0.0))
+    assert result.species[0][0] == "urtica dioica"
+    assert "**urtica dioica (enrolled)**" in result.summary_markdown()
+    assert result.display("urtica dioica") == "urtica dioica (enrolled)" and result.display("acer") == "acer"
+
+
+def test_app_enrol_error_is_one_line_exit_2(model_dir, tmp_path, capsys, class_names):
+    from inference_app.app import main
+
+    root = make_species_root(tmp_path / "new", species={class_names[0]: (10, 200, 10)})
+    assert main(["--model", str(model_dir), "--enroll", str(root), "--no-reference"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1].startswith("error: ")
+        and "already in the model" in err[-1]
+        and "Traceback" not in "".join(err)
+    )

@@ -236,7 +236,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (also used by ``run_all.py``'s enroll section)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("bench-out/enroll"))
     p.add_argument("--held-out", type=int, default=20)
@@ -250,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         "--systems", default="frozen,trained", help="comma-separated: frozen (no training), trained"
     )
     p.add_argument("--data-root", type=Path, default=real_data.SHARED_DATA)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     results = run(args)

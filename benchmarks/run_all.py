@@ -48,7 +48,7 @@ for key, value in {
 
 from bench_common import machine_info, machine_line, now_iso  # noqa: E402
 
-SECTIONS = ("real", "data_prep", "training", "accuracy", "app", "gpu", "accuracy_gpu")
+SECTIONS = ("real", "data_prep", "training", "accuracy", "app", "gpu", "accuracy_gpu", "enroll")
 # make bench's real-data run on 2 CPU cores: 160 px (about 3x cheaper than 224 here), the shipped default
 REAL_FULL = {"image_size": 160, "systems": ["frozen", "stock", "ours"], "tasks": ("leafsnap", "plantclef")}
 REAL_QUICK = {"image_size": 64, "epochs": 1, "systems": ["frozen", "stock", "ours"], "tasks": ("plantclef",)}
@@ -141,9 +141,54 @@ def _real_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _run_enroll(args: argparse.Namespace) -> dict[str, Any]:
+    """Enrolment of held-out species (bench_enroll.py): import ``--enroll-results`` or run one seed."""
+    import bench_enroll
+
+    if args.enroll_results:
+        runs = [json.loads(f.read_text()) for f in sorted(Path(args.enroll_results).glob("results-s*.json"))]
+        if not runs:
+            raise FileNotFoundError(f"--enroll-results {args.enroll_results}: no results-s*.json in it")
+        return {"runs": runs, "imported_from": str(args.enroll_results)}
+    if args.quick:
+        return {"skipped": "not part of a quick run (about 30 minutes on 2 CPU cores): `--only enroll`"}
+    out = bench_enroll.run(bench_enroll.parse_args(["--out", str(args.out / "enroll")]))
+    if out is None:
+        return {
+            "skipped": f"{bench_enroll.real_data.SHARED_DATA} not found (the real images are not committed)"
+        }
+    return {"runs": [out]}
+
+
+def _enroll_md(r: dict[str, Any]) -> list[str]:
+    import bench_enroll
+
+    if "skipped" in r:
+        return [f"**Skipped: {r['skipped']}.**"]
+    lines = [
+        "Species held out from training altogether, enrolled from their leaf views only "
+        "(`python -m autotrain.trainers.image_classification_custom.enroll`, no retraining), then ranked on "
+        "their field photos (flowers, fruit, bark, twigs: none used). `trained`: config.json trained on the "
+        "other species; `frozen`: the pretrained backbone with no training. Method: `benchmarks/bench_enroll.py`."
+        + (f" Imported from `{r['imported_from']}`." if r.get("imported_from") else ""),
+        "",
+    ]
+    for run in r["runs"]:
+        settings = run.get("settings", {})
+        lines += [
+            f"Seed {settings.get('seed')}, {len(run['held_out'])} held-out species, "
+            f"{settings.get('image_size')} px, {settings.get('epochs')} epochs:",
+            "",
+            bench_enroll.table(run),
+        ]
+    return lines
+
+
 def run_section(name: str, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     if name == "real":
         return _run_real(args)
+    if name == "enroll":
+        return _run_enroll(args)
     if name == "data_prep":
         return _external("bench_data_prep").run(args.out / "data_prep", quick=args.quick)
     if name == "training":
@@ -551,6 +596,7 @@ TITLES = {
     "app": "App latency",
     "gpu": "Training throughput (GPU)",
     "accuracy_gpu": "Field accuracy, several seeds (GPU)",
+    "enroll": "Enrolment of new species without retraining (real images)",
 }
 
 
@@ -592,6 +638,8 @@ def render(sections: dict[str, Any], run_meta: dict[str, Any], quick: bool) -> s
         r = entry["result"]
         if name == "real":
             lines += _real_md(r)
+        elif name == "enroll":
+            lines += _enroll_md(r)
         elif name == "training":
             lines += _training_md(r)
         elif name == "accuracy":
@@ -688,6 +736,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--real-default",
         default=None,
         help="real section, with --real-results: the system that config.json ships (marked in the table)",
+    )
+    parser.add_argument(
+        "--enroll-results",
+        type=Path,
+        default=None,
+        help="enroll section: import the results-s*.json files of earlier `bench_enroll.py --out DIR` runs",
     )
     parser.add_argument(
         "--import-report",

@@ -92,6 +92,25 @@ def test_enrol_two_species_in_place(model_dir, tmp_path, capsys, class_names):
     assert config[E.CONFIG_KEY] == {"rosa canina": 3, "urtica dioica": 3, "viola odorata": 2}
     card = (model_dir / "README.md").read_text()
     assert card.count(E.CARD_START) == 1 and "| viola odorata | 2 | 6 |" in card
+    assert "The model now has 7 classes, 3 of them enrolled" in card
+
+    # a new folder (--out) leaves the pre-enrolment training checkpoints behind
+    out = tmp_path / "out"
+    assert (
+        E.main(
+            [
+                "--model",
+                str(model_dir),
+                "--images",
+                str(make_species_root(tmp_path / "x", 1, {"ulmus": (5, 90, 5)})),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert not (out / "checkpoint-1").exists() and (out / "metrics.json").is_file()
 
 
 def test_enrolled_centre_is_the_normalised_mean_embedding(model_dir, tmp_path):
@@ -299,3 +318,22 @@ def test_app_enrol_error_is_one_line_exit_2(model_dir, tmp_path, capsys, class_n
         and "already in the model" in err[-1]
         and "Traceback" not in "".join(err)
     )
+
+
+def test_names_differing_only_in_case_spaces_or_underscores_are_the_existing_species(
+    model_dir, tmp_path, class_names
+):
+    """'ACER ' or 'Acer_' is the model's 'acer', not a new species beside it; two such folders are an error."""
+    variant = class_names[0].upper() + " "
+    root = make_species_root(tmp_path / "new", species={variant: (10, 200, 10)})
+    with pytest.raises(E.EnrolError, match=rf"'{variant}' \(= existing '{class_names[0]}'\).*--replace"):
+        E.enroll_folder(model_dir, root, progress=False)
+    folder, added, _ = E.enroll_folder(model_dir, root, tmp_path / "out", replace=True, progress=False)
+    config = json.loads((folder / "config.json").read_text())
+    assert added == {class_names[0]: 3} and len(config["id2label"]) == len(class_names)
+
+    twins = make_species_root(
+        tmp_path / "twins", species={"rosa canina": (1, 2, 3), "Rosa_canina": (4, 5, 6)}
+    )
+    with pytest.raises(E.EnrolError, match="two folders name species"):
+        E.enroll_folder(model_dir, twins, tmp_path / "out2", progress=False)

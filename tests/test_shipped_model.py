@@ -334,3 +334,18 @@ def test_new_and_old_folders_load_offline_with_their_own_code(
     result = _run_python(OWN_CODE_SCRIPT, *map(str, folders), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OWN_CODE_OK" in result.stdout
+
+
+def test_saved_weights_follow_the_umask_not_safetensors_0600(tmp_path, tiny_model):
+    """safetensors writes owner-only files; a model folder on a shared server must be group-readable."""
+    import os
+    import stat
+
+    from autotrain.trainers.image_classification_custom.model_io import save_arcface_model
+
+    old = os.umask(0o022)
+    try:
+        folder = save_arcface_model(tiny_model(), tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o644

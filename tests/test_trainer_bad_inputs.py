@@ -71,3 +71,13 @@ def test_a_text_file_named_jpg_is_one_line_and_exit_2(
     assert "detected type: text file" in last
     assert "remove it" in last and "python -m data_prep build" in last
     assert not any("Traceback" in text for _, text in messages)
+
+
+def test_a_missing_data_path_is_one_line_and_exit_2(tmp_path: Path, run_trainer_cli) -> None:
+    """Found by a new user: it exited 1 with a 13-line traceback."""
+    code, messages = run_trainer_cli({"project_name": "proj", "data_path": "proj/autotrain-data"})
+    assert code == 2
+    level, last = messages[-1]
+    assert level == "ERROR" and "\n" not in last, last
+    assert "proj/autotrain-data" in last and "python -m data_prep build" in last
+    assert not any("Traceback" in text for _, text in messages)

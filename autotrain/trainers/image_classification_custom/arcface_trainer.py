@@ -24,6 +24,7 @@ from autotrain.trainers.image_classification_custom.augment import AugmentationS
 from autotrain.trainers.image_classification_custom.batch_augment import BatchAugment
 from autotrain.trainers.image_classification_custom.callbacks import (
     BackboneWarmupCallback,
+    CheckpointPermissionsCallback,
     EpochProgressCallback,
     HubLogsCallback,
     ReadableLogCallback,
@@ -217,6 +218,7 @@ def _callbacks(
             )
         )
     callbacks += [HubLogsCallback(config, logging_steps), ReadableLogCallback(), TrainStartCallback()]
+    callbacks.append(CheckpointPermissionsCallback())
     return callbacks, throughput
 
 

@@ -5,7 +5,8 @@
 - :class:`ThroughputCallback` measures training images per second per epoch;
 - :class:`EpochProgressCallback` and :class:`ReadableLogCallback` replace the raw log dicts with a
   progress bar titled by epoch and one readable line per log;
-- :class:`HubLogsCallback` uploads the TensorBoard logs to the model repository.
+- :class:`HubLogsCallback` uploads the TensorBoard logs to the model repository;
+- :class:`CheckpointPermissionsCallback` makes checkpoint weights readable as the umask allows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from transformers.trainer_callback import ProgressCallback
 
 from autotrain import logger
 from autotrain.trainers.common import UploadLogs
+from autotrain.trainers.image_classification_custom.model_io import respect_umask
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
+
+
+class CheckpointPermissionsCallback(TrainerCallback):
+    """After each checkpoint save: weight files get ``0666 & ~umask`` (safetensors writes them ``0600``)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                respect_umask(folder)
 
 
 class BackboneWarmupCallback(TrainerCallback):

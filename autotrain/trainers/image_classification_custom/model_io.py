@@ -163,4 +163,17 @@ def save_arcface_model(model: ArcFaceForImageClassification, out_dir: str | os.P
     model.config.auto_map = dict(AUTO_MAP)
     model.save_pretrained(out, safe_serialization=True)
     create_image_processor(model.config).save_pretrained(out)
+    respect_umask(out)
     return out
+
+
+def respect_umask(folder: str | os.PathLike) -> None:
+    """Give the weight files in ``folder`` the permissions the user's umask asks for.
+
+    ``safetensors`` writes its files owner-only (``0600``, through a temporary file), whatever the umask,
+    so a model saved on a shared server could not be read by the group; this sets ``0666 & ~umask``.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).glob("*.safetensors"):
+        path.chmod(0o666 & ~mask)

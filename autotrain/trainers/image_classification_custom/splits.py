@@ -29,6 +29,10 @@ class DataInputError(ValueError):
     """
 
 
+class DataNotFoundError(DataInputError, FileNotFoundError):
+    """``data_path`` is neither a dataset folder nor a loadable Hub dataset (a ``FileNotFoundError`` too)."""
+
+
 @dataclass
 class SplitData:
     """One split: the HF dataset (images not decoded), labels and domains as numpy arrays."""
@@ -75,7 +79,7 @@ def open_dataset_dict(data_path: str, token: str | None = None, config_name: str
     optionally under ``train/``, ``validation/``, ``test/``), or a Hub dataset id.
 
     Raises:
-        FileNotFoundError: ``data_path`` is neither an existing folder nor a loadable Hub dataset.
+        DataNotFoundError: ``data_path`` is neither an existing folder nor a loadable Hub dataset.
     """
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -88,20 +92,20 @@ def open_dataset_dict(data_path: str, token: str | None = None, config_name: str
             return loaded, "saved"
         return load_dataset("imagefolder", data_dir=str(path)), "imagefolder"
     if path.exists():
-        raise FileNotFoundError(f"data_path {data_path!r} is a file, not a dataset folder")
+        raise DataNotFoundError(f"data_path {data_path!r} is a file, not a dataset folder")
     hint = (
         f" (build it with `python -m data_prep build <image folder> --out {data_path}`)"
         if path.name == "autotrain-data"
         else ""
     )
     if not is_hub_id(data_path):
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data_path {data_path!r} does not exist (working directory: {os.getcwd()}){hint}"
         )
     try:
         return load_dataset(data_path, name=config_name, token=token), "hub"
     except Exception as err:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data_path {data_path!r} is not an existing folder (working directory: {os.getcwd()}) and "
             f"could not be loaded as a Hub dataset ({type(err).__name__}: {err}){hint}"
         ) from err
@@ -436,7 +440,7 @@ def load_splits(
             when no species has enough field photos for validation).
 
     Raises:
-        FileNotFoundError: see :func:`open_dataset_dict`.
+        DataNotFoundError: see :func:`open_dataset_dict` (a ``FileNotFoundError``).
         DataInputError: an image folder without species folders, an image without a label.
         ValueError: a missing split or column, an empty training split, fewer than 2 classes with
             training images.

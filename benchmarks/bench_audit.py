@@ -202,7 +202,7 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["setup"]
     lines = [
         f"Audit on leafsnap-specimens: {s['species']} species, {s['images']} images after build; injected "
-        f"{s['swapped']} swapped labels (5%), {s['duplicates']} near-duplicates ({s['leakage']} across splits), "
+        f"{s['swapped']} swapped labels (5%), {s['duplicates']} near-duplicates ({s['leakage']} copied into another split's folder), "
         f"{s['off_topic']} off-topic images (5 generated: ruler, blank sheet, label card, colour chart, noise; "
         f"5 PlantCLEF herbarium sheets); seed {s['seed']} (one injection draw); embedded backbone, no model; "
         f"audit {s['audit_seconds']:.0f} s on {s['machine']}.",

@@ -27,6 +27,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from data_prep.audit_report import read_exclude_list
 from data_prep.contract import DOMAINS, dataset_features, is_saved_dataset_dict
 from data_prep.figures import save_balance_figure
 from data_prep.filetype import describe_file, scrub_detail
@@ -90,6 +91,7 @@ def build_dataset(
     num_proc: int | None = None,
     seed: int = 0,
     strict: bool = False,
+    exclude: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[DatasetDict, dict[str, Any]]:
     """Build the project's ``DatasetDict`` from a folder tree, PlantCLEF list files or a CSV.
@@ -107,24 +109,30 @@ def build_dataset(
         seed: seed of the validation draw.
         strict: raise :class:`StrictModeError` (after writing the dataset and report) if anything
             was reported.
+        exclude: a file listing paths (relative to ``source``) to leave out, one a line, ``#`` comments
+            (e.g. the ``exclude.txt`` of ``data_prep audit``); each is reported as ``excluded``.
         progress: show tqdm bars.
 
     Returns:
         ``(dataset_dict, report)``; the dataset is the saved one (memory-mapped) when ``out`` is given.
 
     Raises:
-        DataPrepError: missing input, unknown layout, no images at all, or an ``out`` that holds
-            something else.
+        DataPrepError: missing input, unknown layout, no images at all, an unreadable ``exclude`` file,
+            or an ``out`` that holds something else.
     """
     start = time.perf_counter()
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         _check_out(out_path)
     disc = discover(source, layout)
+    settings_exclude = {}
+    if exclude is not None:
+        disc.exclude(read_exclude_list(exclude), Path(exclude).name)
+        settings_exclude = {"exclude": str(exclude)}
     if not disc.entries:
         raise DataPrepError(f"no image files found in {disc.root} ({disc.layout} layout)")
     options = {"max_side": max_side, "min_side": min_side, "quality": quality}
-    settings = options | {"val_fraction": val_fraction, "seed": seed}
+    settings = options | {"val_fraction": val_fraction, "seed": seed} | settings_exclude
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=out_path.parent if out_path is not None else None))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep {sample,build} ...`` (see ``--help``)."""
+"""Command line: ``python -m data_prep {sample,build,audit} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sample_command(sub)
     _add_build_command(sub)
+    _add_audit_command(sub)
     return parser
 
 
@@ -141,12 +142,53 @@ def _add_build_command(sub: argparse._SubParsersAction) -> None:
         help="push to this Hub dataset repo (token: HF_TOKEN or huggingface-cli login)",
     )
     b.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
+    b.add_argument(
+        "--exclude",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="leave out the files listed in FILE (paths relative to SOURCE, one a line, '#' comments; "
+        "e.g. the exclude.txt of `data_prep audit`); each is reported as 'excluded'",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_audit_command(sub: argparse._SubParsersAction) -> None:
+    """``audit``: likely label errors, near-duplicates and outliers of a built dataset."""
+    from data_prep.audit import DUPLICATE_THRESHOLD
+
+    a = sub.add_parser(
+        "audit",
+        help="find likely label errors, near-duplicates and outliers in a built dataset (deletes nothing)",
+        description="Embed every image of DATASET and report likely label errors (cleanlab), near-duplicates "
+        "within and across splits, and outliers; writes audit.json, audit.html and exclude.txt "
+        "(for build --exclude). Exit 2 with a one-line message for bad input.",
+    )
+    a.add_argument("dataset", type=Path, help="a folder written by `python -m data_prep build`")
+    a.add_argument(
+        "--model", type=Path, default=None, help="saved ArcFace model folder (default: the embedded backbone)"
+    )
+    a.add_argument("--out", type=Path, default=None, help="output folder (default: DATASET-audit beside it)")
+    a.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        default=DUPLICATE_THRESHOLD,
+        help=f"cosine similarity of a near-duplicate pair (default {DUPLICATE_THRESHOLD})",
+    )
+    a.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default 0)")
+    a.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    a.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side for embedding (default: the model's; smaller is faster)",
+    )
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # options passed on by name: the parser's dest names are the functions' keyword names
 _SAMPLE_OPTIONS = ("seed", "n_species", "n_herbarium", "n_field", "n_test", "no_field_every", "overwrite")
-_BUILD_OPTIONS = ("val_fraction", "max_side", "min_side", "quality", "num_proc", "seed", "strict")
+_BUILD_OPTIONS = ("val_fraction", "max_side", "min_side", "quality", "num_proc", "seed", "strict", "exclude")
 
 
 def _options(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -217,11 +259,32 @@ def _push(args: argparse.Namespace, dsd: Any, report: dict[str, Any], figure: Pa
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from data_prep.audit import audit_dataset
+    from data_prep.audit_report import format_audit_summary
+
+    audit = audit_dataset(
+        args.dataset,
+        args.model,
+        args.out,
+        duplicate_threshold=args.duplicate_threshold,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        progress=not args.quiet,
+    )
+    print(format_audit_summary(audit, Path(audit["out"])))
+    return 0
+
+
+_COMMANDS = {"sample": _sample, "build": _build, "audit": _audit}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 with a one-line message for bad input)."""
     args = _parser().parse_args(argv)
     try:
-        return _sample(args) if args.command == "sample" else _build(args)
+        return _COMMANDS[args.command](args)
     except (DataPrepError, OSError) as exc:  # bad input, unwritable output: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,10 +4,11 @@ and the findings), shared by the three layouts (:mod:`data_prep.layouts`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.findings import SKIPPED, Finding
+from data_prep.findings import IGNORED, SKIPPED, Finding
 
 _SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
@@ -45,6 +46,22 @@ class Discovery:
     def skip(self, path: str, reason: str, detail: str = "") -> None:
         """Report ``path`` (relative to the root, or ``file:line``) as skipped for ``reason``."""
         self.findings.append(Finding(path, reason, SKIPPED, detail))
+
+    def exclude(self, paths: Iterable[str], listed_in: str) -> int:
+        """Leave out the entries whose relative path is in ``paths``; returns how many were left out.
+
+        Each is reported as skipped (``excluded``); a listed path that names no entry is noted
+        (``exclude_unmatched``), so a stale or mistyped list is visible in the report.
+        """
+        wanted = set(paths)
+        found = {e.rel for e in self.entries} & wanted
+        for entry in self.entries:
+            if entry.rel in found:
+                self.skip(entry.rel, "excluded", f"listed in {listed_in}")
+        for path in sorted(wanted - found):
+            self.findings.append(Finding(path, "exclude_unmatched", IGNORED, f"listed in {listed_in}"))
+        self.entries = [e for e in self.entries if e.rel not in found]
+        return len(found)
 
     def add_listed(self, entry: Entry, named: str, where: str, root_name: str = "the input root") -> None:
         """Add a file named in a list file or CSV row, or skip it when it leads outside the root or is missing.

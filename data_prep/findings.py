@@ -35,12 +35,14 @@ REASONS: dict[str, str] = {
     "same_file": "a symlink to a file or folder that is already read under another path: it is read once, there",
     "not_a_regular_file": "a FIFO, socket or device file: never opened",
     "bad_class_name": "a species folder whose name cannot be a label (starts with '.', contains '\\' or control characters): its files are not read; rename the folder",
+    "excluded": "listed in the --exclude file (e.g. the exclude.txt of `data_prep audit`): left out on purpose",
     "not_in_layout": "a file or folder the folders layout does not read: directly in ROOT, or a ROOT folder other than herbarium/, field/ (photo/) and test/",
     # the file is kept after a fix
     "exif_orientation": "EXIF orientation applied to the pixels",
     "converted_mode": "converted to 8-bit RGB (CMYK, 16-bit, palette, grayscale or alpha)",
     "multi_frame": "animated / multi-page file: the first frame is kept",
     # nothing lost, but worth knowing
+    "exclude_unmatched": "a path in the --exclude file that names no input image (already gone, or mistyped)",
     "empty_folder": "a species folder with no files",
     "hidden_folder": "a folder whose name starts with '.' inside a domain or species folder: not read",
     "symlink_loop": "a folder symlink that points to a folder containing it: not followed (its files are read once)",

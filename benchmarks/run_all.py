@@ -48,7 +48,7 @@ for key, value in {
 
 from bench_common import machine_info, machine_line, now_iso  # noqa: E402
 
-SECTIONS = ("real", "data_prep", "training", "accuracy", "app", "gpu", "accuracy_gpu", "enroll")
+SECTIONS = ("real", "data_prep", "training", "accuracy", "app", "gpu", "accuracy_gpu", "enroll", "audit")
 # make bench's real-data run on 2 CPU cores: 160 px (about 3x cheaper than 224 here), the shipped default
 REAL_FULL = {"image_size": 160, "systems": ["frozen", "stock", "ours"], "tasks": ("leafsnap", "plantclef")}
 REAL_QUICK = {"image_size": 64, "epochs": 1, "systems": ["frozen", "stock", "ours"], "tasks": ("plantclef",)}
@@ -160,6 +160,44 @@ def _run_enroll(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": [out]}
 
 
+def _run_audit(args: argparse.Namespace) -> dict[str, Any]:
+    """Collection audit on real images with injected errors (bench_audit.py): import or run one seed."""
+    import bench_audit
+
+    folder = args.audit_results
+    if folder is None:
+        if args.quick:
+            return {"skipped": "not part of a quick run (about 5 minutes on 2 CPU cores): `--only audit`"}
+        if not (bench_audit.real_data.SHARED_DATA / "leafsnap-specimens").is_dir():
+            return {
+                "skipped": f"{bench_audit.real_data.SHARED_DATA} not found (the real images are not committed)"
+            }
+        folder = args.out / "audit"
+        bench_audit.main(["--out", str(folder)])
+    results = Path(folder) / "results.json"
+    if not results.is_file():
+        raise FileNotFoundError(f"{results}: no bench_audit.py results there")
+    out = json.loads(results.read_text())
+    return out | ({"imported_from": str(folder)} if args.audit_results else {})
+
+
+def _audit_md(r: dict[str, Any]) -> list[str]:
+    import bench_audit
+
+    if "skipped" in r:
+        return [f"**Skipped: {r['skipped']}.**"]
+    return [
+        "`python -m data_prep audit DATASET` with the embedded backbone (no trained model) on leafsnap "
+        "images with injected errors: 5% of labels swapped, 10 resized and re-compressed copies, 10 "
+        "off-topic images (5 generated: ruler, blank sheet, label card, colour chart, noise; 5 PlantCLEF "
+        "herbarium sheets). One injection seed; the audit's thresholds were set on this same run, so these "
+        "are not out-of-sample figures. Method: `benchmarks/bench_audit.py`."
+        + (f" Imported from `{r['imported_from']}`." if r.get("imported_from") else ""),
+        "",
+        bench_audit.markdown(r),
+    ]
+
+
 def _enroll_md(r: dict[str, Any]) -> list[str]:
     import bench_enroll
 
@@ -189,6 +227,8 @@ def run_section(name: str, args: argparse.Namespace, results: dict[str, Any]) ->
         return _run_real(args)
     if name == "enroll":
         return _run_enroll(args)
+    if name == "audit":
+        return _run_audit(args)
     if name == "data_prep":
         return _external("bench_data_prep").run(args.out / "data_prep", quick=args.quick)
     if name == "training":
@@ -597,6 +637,7 @@ TITLES = {
     "gpu": "Training throughput (GPU)",
     "accuracy_gpu": "Field accuracy, several seeds (GPU)",
     "enroll": "Enrolment of new species without retraining (real images)",
+    "audit": "Collection audit: label errors, near-duplicates, outliers (real images)",
 }
 
 
@@ -640,6 +681,8 @@ def render(sections: dict[str, Any], run_meta: dict[str, Any], quick: bool) -> s
             lines += _real_md(r)
         elif name == "enroll":
             lines += _enroll_md(r)
+        elif name == "audit":
+            lines += _audit_md(r)
         elif name == "training":
             lines += _training_md(r)
         elif name == "accuracy":
@@ -742,6 +785,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="enroll section: import the results-s*.json files of earlier `bench_enroll.py --out DIR` runs",
+    )
+    parser.add_argument(
+        "--audit-results",
+        type=Path,
+        default=None,
+        help="audit section: import the results.json of an earlier `bench_audit.py --out DIR` run",
     )
     parser.add_argument(
         "--import-report",

@@ -34,6 +34,14 @@ def tsne_perplexity(n: int, perplexity: float = DEFAULT_PERPLEXITY) -> float:
     return float(max(1.0, min(perplexity, (n - 1) / 3.0)))
 
 
+def _map_input(embeddings: np.ndarray, method: str) -> np.ndarray:
+    """``(N, D)`` embeddings as contiguous float32; ValueError naming ``method`` when ``N < MIN_POINTS``."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if len(embeddings) < MIN_POINTS:
+        raise ValueError(f"a {method} map needs at least {MIN_POINTS} images, got {len(embeddings)}")
+    return embeddings
+
+
 def fit_tsne(
     embeddings: np.ndarray,
     perplexity: float = DEFAULT_PERPLEXITY,
@@ -58,9 +66,7 @@ def fit_tsne(
     """
     from openTSNE import TSNE
 
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if len(embeddings) < MIN_POINTS:
-        raise ValueError(f"a t-SNE map needs at least {MIN_POINTS} images, got {len(embeddings)}")
+    embeddings = _map_input(embeddings, "t-SNE")
     start = time.perf_counter()
     tsne = TSNE(
         n_components=2,
@@ -109,9 +115,7 @@ def fit_umap(
     """
     import umap
 
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if len(embeddings) < MIN_POINTS:
-        raise ValueError(f"a UMAP map needs at least {MIN_POINTS} images, got {len(embeddings)}")
+    embeddings = _map_input(embeddings, "UMAP")
     start = time.perf_counter()
     reducer = umap.UMAP(
         n_components=2,
@@ -119,6 +123,7 @@ def fit_umap(
         min_dist=min_dist,
         metric="cosine",
         random_state=random_state,
+        n_jobs=1,  # a fixed seed makes umap-learn single-threaded anyway (it warns when told otherwise)
         n_epochs=n_epochs,
         init=init,
         verbose=False,

@@ -85,7 +85,7 @@ def evaluation_lines(metrics: Mapping[str, Any], confusions_file: str | None = N
         f"## By species: {per_species['split']} split ({per_species['images']} images)",
         "",
         "Herbarium only: the species had no field photo in the training split. The distance column is the "
-        "herbarium-to-field distance (see below; empty when the species lacks one of the domains among the "
+        "herbarium-to-field distance (see below; n/a when the species lacks one of the domains among the "
         "mapped images).",
         "",
         per_species_table(per_species, metrics.get("domain_gap")),
@@ -133,9 +133,9 @@ def plot_confusions(pairs: Sequence[Mapping[str, Any]], path: str, title: str) -
     ax.barh(names, a_as_b, color="#1f77b4", label="first answered as second")
     ax.barh(names, b_as_a, left=a_as_b, color="#ff7f0e", label="second answered as first")
     ax.set_xlabel("photos")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10, pad=20)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -321,6 +321,11 @@ def species_report(
                 points.embeddings, points.labels, points.domains, ctx.data.class_names, described
             )
         )
+        gap = out["domain_gap"]
+        logger.info(
+            f"Embeddings by species: silhouette {out['silhouette']['all']:.3f} (cosine, {len(points)} images); "
+            f"herbarium-to-field distance median {gap['median']:.3f} over {gap['n_species']} species"
+        )
     return out
 
 

@@ -113,7 +113,12 @@ def fit_umap(
     Raises:
         ValueError: fewer than 4 points.
     """
-    import umap
+    try:
+        import umap
+    except ImportError as error:  # e.g. a Space whose requirements list only openTSNE
+        raise ImportError(
+            f"a UMAP map needs umap-learn ({error}): pip install umap-learn, or use t-SNE"
+        ) from error
 
     embeddings = _map_input(embeddings, "UMAP")
     start = time.perf_counter()

@@ -138,3 +138,56 @@ def resampling(name: str) -> Image.Resampling:
 def resampling_name(value: int) -> str:
     """The name of PIL filter ``value`` (as stored in ``preprocessor_config.json``; bilinear if unknown)."""
     return next((name for name, member in RESAMPLING.items() if int(member) == int(value)), "bilinear")
+
+
+# ------------------------------------------------------------------------------------------------
+# Taxonomy file (the trainer's genus/family metrics and the app's genus/family answers)
+# ------------------------------------------------------------------------------------------------
+
+
+#: The group that species missing from a taxonomy are summed under (never a right answer).
+TAXONOMY_UNLISTED = "(not in taxonomy)"
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file that cannot be used; the message names the file, the line and why."""
+
+
+def read_taxonomy_csv(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Read a taxonomy CSV: a header naming ``species,genus[,family]`` (any order, any case), one row a species.
+
+    Args:
+        path: the CSV file (UTF-8, a BOM allowed).
+
+    Returns:
+        ``(genus, family)``: species name -> genus name, species name -> family name (empty without a
+        ``family`` column); a row with an empty genus or family cell is left out of that mapping.
+
+    Raises:
+        TaxonomyError: the file does not exist, its header lacks ``species`` or ``genus``, or a row has
+            no species name.
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise TaxonomyError(f"taxonomy file {path} does not exist")
+    genus: dict[str, str] = {}
+    family: dict[str, str] = {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+        missing = {"species", "genus"} - set(columns)
+        if missing:
+            raise TaxonomyError(
+                f"{path}: the header must name the columns species,genus[,family]; missing {sorted(missing)}"
+            )
+        for line, row in enumerate(reader, start=2):
+            species = (row.get(columns["species"]) or "").strip()
+            if not species:
+                raise TaxonomyError(f"{path}, line {line}: empty species name")
+            if genus_name := (row.get(columns["genus"]) or "").strip():
+                genus[species] = genus_name
+            if "family" in columns and (family_name := (row.get(columns["family"]) or "").strip()):
+                family[species] = family_name
+    return genus, family

@@ -1,4 +1,4 @@
-"""Gradio app: photograph a plant, get ranked species, the nearest reference specimens and a t-SNE map.
+"""Gradio app: photograph a plant, get ranked species, the nearest reference specimens and a map (t-SNE or UMAP).
 
 Run ``python inference_app/app.py`` (after training the README's default model into
 ``herbarium-arcface/``) or ``python inference_app/app.py --model user/repo --reference DATA``.
@@ -42,7 +42,7 @@ from inference_app.predictor import (
 )
 from inference_app.reference import ReferenceIndex, ReferenceSetError, default_cache_dir, load_reference_set
 from inference_app.taxonomy import Taxonomy, TaxonomyError
-from inference_app.tsne_map import TSNEMap
+from inference_app.tsne_map import ReferenceMap, load_map
 
 logger = logging.getLogger("inference_app")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ class AppSettings:
 class MapRenderer:
     """Plotly JSON for the reference map, with the base traces serialised once (5,000 points ~ 1 MB)."""
 
-    def __init__(self, tsne_map: TSNEMap, index: ReferenceIndex):
+    def __init__(self, tsne_map: ReferenceMap, index: ReferenceIndex):
         self.tsne_map = tsne_map
         reference = index.reference
         base = tsne_map.figure(reference.species, reference.domain, reference.ids)
@@ -269,8 +269,11 @@ def _answer_column(settings: AppSettings, taxonomy: Taxonomy | None) -> list[gr.
     return [status, *ranks]
 
 
-def _result_tabs(settings: AppSettings, has_index: bool, has_map: bool) -> tuple[gr.Gallery, gr.Plot]:
-    """The nearest-specimens gallery and the t-SNE map, each with its explanation when absent."""
+def _result_tabs(
+    settings: AppSettings, has_index: bool, has_map: bool, map_title: str = "t-SNE"
+) -> tuple[gr.Gallery, gr.Plot]:
+    """The nearest-specimens gallery and the map (``map_title``: t-SNE or UMAP), each with its explanation
+    when absent."""
     with gr.Tabs():
         with gr.Tab("Nearest reference specimens"):
             if not has_index:
@@ -284,17 +287,17 @@ def _result_tabs(settings: AppSettings, has_index: bool, has_map: bool) -> tuple
                 visible=has_index,
                 elem_id="neighbours",
             )
-        with gr.Tab("t-SNE map"):
+        with gr.Tab(f"{map_title} map"):
             if not has_map:
                 gr.Markdown(NO_MAP_TEXT, elem_id="no-map")
-            plot = gr.Plot(label="Reference embeddings (t-SNE)", visible=has_map, elem_id="map")
+            plot = gr.Plot(label=f"Reference embeddings ({map_title})", visible=has_map, elem_id="map")
     return neighbours, plot
 
 
 def build_demo(
     predictor: Predictor,
     index: ReferenceIndex | None = None,
-    tsne_map: TSNEMap | None = None,
+    tsne_map: ReferenceMap | None = None,
     taxonomy: Taxonomy | None = None,
     settings: AppSettings | None = None,
 ) -> gr.Blocks:
@@ -313,7 +316,8 @@ def build_demo(
         with gr.Row():
             photos, button = _photo_column(settings)
             answers = _answer_column(settings, taxonomy)
-        neighbours, plot = _result_tabs(settings, index is not None, renderer is not None)
+        map_title = tsne_map.title if tsne_map is not None else "t-SNE"
+        neighbours, plot = _result_tabs(settings, index is not None, renderer is not None, map_title)
         embeddings_state = gr.State(None)
 
         event = button.click(
@@ -370,8 +374,7 @@ def load_components(args: argparse.Namespace):
         key = ReferenceIndex.cache_key(predictor.model_hash, reference)
         examples = index.example_files(cache_dir / f"examples-{key}")
         if not args.no_map and len(index) >= 4:
-            tsne_map = TSNEMap.load_or_fit(index.embeddings, cache_dir)
-            tsne_map.prepare()
+            tsne_map = load_map(args.map, index.embeddings, cache_dir)
     return predictor, index, tsne_map, taxonomy, examples
 
 

@@ -60,7 +60,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reference-split", default=_env("REFERENCE_SPLIT"), help="use only this split")
     parser.add_argument("--no-reference", action="store_true", help="do not load any reference set")
-    parser.add_argument("--no-map", action="store_true", help="skip the t-SNE map")
+    parser.add_argument("--no-map", action="store_true", help="skip the map of the reference set")
+    parser.add_argument(
+        "--map",
+        choices=("tsne", "umap"),
+        default=_env("MAP", "tsne"),
+        help="the map of the reference set: t-SNE (openTSNE) or UMAP (umap-learn; ~20 s of numba "
+        "compilation at start-up); new photos are placed into it (env MAP; default %(default)s)",
+    )
     parser.add_argument(
         "--taxonomy", default=_env("TAXONOMY"), help="CSV with columns species,genus[,family]"
     )

@@ -6,7 +6,6 @@ species probabilities per genus (and family) gives an honest coarser answer, as 
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from collections.abc import Sequence
@@ -15,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.contract import TAXONOMY_UNLISTED, TaxonomyError, read_taxonomy_csv
+
+__all__ = ["UNLISTED", "Taxonomy", "TaxonomyError", "genus_from_binomial"]
+
 logger = logging.getLogger(__name__)
 
-UNLISTED = "(not in taxonomy)"
+UNLISTED = TAXONOMY_UNLISTED
 _BINOMIAL = re.compile(r"^([A-Z][a-z-]+)[\s_]+(?:[x×][\s_]+)?[a-z][a-z-]+")
-
-
-class TaxonomyError(ValueError):
-    """A taxonomy file that cannot be used; the message says which line and why."""
 
 
 def genus_from_binomial(species: str) -> str | None:
@@ -47,29 +46,13 @@ class Taxonomy:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Taxonomy:
-        """Read a CSV with a header and columns ``species,genus[,family]`` (any order, any case)."""
-        path = Path(path)
-        if not path.is_file():
-            raise TaxonomyError(f"taxonomy file {path} does not exist")
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = {name.strip().lower(): name for name in reader.fieldnames or []}
-            missing = {"species", "genus"} - set(columns)
-            if missing:
-                raise TaxonomyError(
-                    f"{path}: the header must name the columns species,genus[,family]; missing {sorted(missing)}"
-                )
-            genus: dict[str, str] = {}
-            family: dict[str, str] = {}
-            for line, row in enumerate(reader, start=2):
-                species = (row.get(columns["species"]) or "").strip()
-                if not species:
-                    raise TaxonomyError(f"{path}, line {line}: empty species name")
-                genus_name = (row.get(columns["genus"]) or "").strip()
-                if genus_name:
-                    genus[species] = genus_name
-                if "family" in columns and (family_name := (row.get(columns["family"]) or "").strip()):
-                    family[species] = family_name
+        """Read a CSV with a header and columns ``species,genus[,family]`` (any order, any case; the
+        parser is ``data_prep.contract.read_taxonomy_csv``, shared with the trainer's genus/family metrics).
+
+        Raises:
+            TaxonomyError: see ``read_taxonomy_csv``.
+        """
+        genus, family = read_taxonomy_csv(path)
         return cls(genus=genus, family=family, source=str(path))
 
     @classmethod

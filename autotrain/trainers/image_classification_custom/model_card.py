@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from autotrain.trainers.image_classification_custom.embedding_map import fit_tsne
+from autotrain.trainers.image_classification_custom.embedding_map import MAP_TITLES, map_coordinates
+from autotrain.trainers.image_classification_custom.evaluation_card import evaluation_lines
 from autotrain.trainers.image_classification_custom.metrics import METRIC_NAMES
 from data_prep.contract import FIELD, HERBARIUM, is_hub_id
 
@@ -104,6 +105,7 @@ def render_model_card(
     tsne_file: str | None = None,
     repo_id: str | None = None,
     reliability_file: str | None = None,
+    confusions_file: str | None = None,
 ) -> str:
     """The ``README.md`` of the model folder.
 
@@ -111,21 +113,25 @@ def render_model_card(
         params: The training parameters without the token (``params.public_dict()``).
         metrics: The content of ``metrics.json``.
         class_names: Label order.
-        tsne_file: Relative path of the t-SNE picture, when written.
+        tsne_file: Relative path of the embedding map picture (t-SNE, or UMAP when
+            ``params["embedding_map"]`` is ``"umap"``), when written.
         repo_id: Hub repository (for the usage snippet); default: the local folder.
         reliability_file: Relative path of the reliability diagram, when written.
+        confusions_file: Relative path of the most-confused-pairs figure, when written.
     """
     project = params.get("project_name", "model")
     lines = ["---", _card_data(params, metrics, project).to_yaml(), "---", ""]
     lines += _intro_lines(params, metrics, class_names, project)
     lines += _usage_lines(repo_id or project)
     lines += _metrics_lines(metrics)
+    lines += evaluation_lines(metrics, confusions_file)
     lines += _selection_and_calibration(params, metrics, reliability_file)
     if tsne_file:
+        method = MAP_TITLES.get(params.get("embedding_map") or "tsne", "t-SNE")
         lines += [
-            "## Embeddings (t-SNE)",
+            f"## Embeddings ({method})",
             "",
-            f"![t-SNE of the embeddings, coloured by species; circles: field photos, triangles: herbarium "
+            f"![{method} of the embeddings, coloured by species; circles: field photos, triangles: herbarium "
             f"sheets]({tsne_file})",
             "",
         ]
@@ -337,9 +343,10 @@ def plot_tsne(
     out_path: str,
     seed: int = 0,
     title: str = "t-SNE of the ArcFace embeddings",
+    method: str = "tsne",
 ) -> TsnePlot:
-    """2-D t-SNE (``embedding_map.fit_tsne``) of ``embeddings``, coloured by species (:func:`species_colour`),
-    marker by domain (o field, ^ herbarium).
+    """2-D map (``embedding_map.map_coordinates``: t-SNE, or UMAP) of ``embeddings``, coloured by species
+    (:func:`species_colour`), marker by domain (o field, ^ herbarium).
 
     Args:
         embeddings: ``(N, D)``.
@@ -347,8 +354,9 @@ def plot_tsne(
         domains: ``(N,)`` 0 herbarium, 1 field.
         class_names: Label order (legend when there are at most 20 classes).
         out_path: PNG path.
-        seed: t-SNE seed.
+        seed: map seed.
         title: Figure title.
+        method: ``"tsne"`` or ``"umap"``.
 
     Returns:
         The drawn points (:class:`TsnePlot`).
@@ -363,8 +371,8 @@ def plot_tsne(
 
     n = len(embeddings)
     if n < 5:
-        raise ValueError(f"t-SNE needs at least 5 points, got {n}")
-    coords = np.asarray(fit_tsne(embeddings, random_state=seed))
+        raise ValueError(f"a map needs at least 5 points, got {n}")
+    coords = map_coordinates(embeddings, method, random_state=seed)
     labels, domains = np.asarray(labels), np.asarray(domains)
     fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=120)
     for domain, marker, name in _TSNE_LAYERS:

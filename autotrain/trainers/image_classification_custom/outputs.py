@@ -1,9 +1,10 @@
 """Stages "outputs" and "push": the saved weights and temperature, the model folder, ``metrics.json``, the
-t-SNE and reliability figures, the card; then the Hub upload and the clean-up (main process only).
+map, reliability and confusion figures, the card; then the Hub upload and the clean-up (main process only).
 
 The model folder: the ``save_arcface_model`` files, ``metrics.json`` (the reports of the saved model on
-each evaluation split, the "no training" line, WiSE-FT, calibration and the training facts),
-``tsne.png``, ``reliability.png`` and ``README.md`` (the card, with the same numbers).
+each evaluation split, the "no training" line, WiSE-FT, calibration, the training facts and the
+evaluation by species of :mod:`evaluation`), ``tsne.png`` (or ``umap.png``), ``reliability.png``,
+``confusions.png`` and ``README.md`` (the card, with the same numbers).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from huggingface_hub import HfApi
 
 from autotrain import logger
 from autotrain.trainers.common import pause_space
+from autotrain.trainers.image_classification_custom import evaluation as E
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.arcface_trainer import TrainedRun
 from autotrain.trainers.image_classification_custom.embedder import Embedder
+from autotrain.trainers.image_classification_custom.embedding_map import MAP_TITLES
+from autotrain.trainers.image_classification_custom.evaluation_card import CONFUSIONS_FILE, plot_confusions
 from autotrain.trainers.image_classification_custom.model_card import (
     plot_reliability,
     plot_tsne,
@@ -35,7 +39,7 @@ from autotrain.trainers.image_classification_custom.params import ImageClassific
 from autotrain.trainers.image_classification_custom.splits import SplitData
 from autotrain.trainers.image_classification_custom.stages import RunContext
 from autotrain.trainers.image_classification_custom.wise_ft import WISE_FT_START, choose_saved_weights
-from data_prep.contract import FIELD
+from data_prep.contract import FIELD, read_taxonomy_csv
 
 HUB_IGNORE_PATTERNS = [
     "checkpoint-*",
@@ -244,27 +248,85 @@ def tsne_points(
 
 
 def write_tsne(
-    path: Path, points: LabelledEmbeddings | None, class_names: Sequence[str], seed: int, title: str
+    path: Path,
+    points: LabelledEmbeddings | None,
+    class_names: Sequence[str],
+    seed: int,
+    title: str,
+    method: str = "tsne",
 ) -> str | None:
-    """``tsne.png`` of ``points`` (coloured by species); its file name, or None (with a warning) when
-    there are fewer than :data:`TSNE_MIN_POINTS` points."""
+    """The map figure (``tsne.png``; ``method`` ``"umap"``: a UMAP map) of ``points`` (coloured by species);
+    its file name, or None (with a warning) when there are fewer than :data:`TSNE_MIN_POINTS` points."""
     if points is None or len(points) < TSNE_MIN_POINTS:
-        logger.warning("tsne: fewer than 5 images to plot; tsne.png not written")
+        logger.warning(f"{method}: fewer than 5 images to plot; {path.name} not written")
         return None
     plot_tsne(
-        points.embeddings, points.labels, points.domains, class_names, str(path), seed=seed, title=title
+        points.embeddings,
+        points.labels,
+        points.domains,
+        class_names,
+        str(path),
+        seed=seed,
+        title=title,
+        method=method,
     )
     return path.name
 
 
-def _tsne_figure(ctx: RunContext, embedder: Embedder, evaluation: Evaluation) -> str | None:
+def _map_points(ctx: RunContext, embedder: Embedder, evaluation: Evaluation) -> LabelledEmbeddings | None:
+    """The points of the map figure and of the silhouette and domain gap (:func:`tsne_points`)."""
+
     def embed_train(indices: np.ndarray) -> np.ndarray:
         return embedder.embed_and_logits(ctx.caches.train, indices)[0]
 
-    points = tsne_points(evaluation.embeddings, ctx.data.train, embed_train, ctx.config.seed)
-    splits = " + ".join([*evaluation.embeddings, "train herbarium"])
-    title = f"{ctx.config.project_name}: embeddings by species ({splits})"
-    return write_tsne(ctx.project / "tsne.png", points, ctx.data.class_names, ctx.config.seed, title)
+    return tsne_points(evaluation.embeddings, ctx.data.train, embed_train, ctx.config.seed)
+
+
+def _map_figure(ctx: RunContext, points: LabelledEmbeddings | None, described: str) -> str | None:
+    method = ctx.config.embedding_map
+    title = f"{ctx.config.project_name}: {MAP_TITLES[method]} of the embeddings by species ({described})"
+    return write_tsne(
+        ctx.project / f"{method}.png", points, ctx.data.class_names, ctx.config.seed, title, method
+    )
+
+
+def species_report(
+    ctx: RunContext,
+    raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    temperature: float,
+    points: LabelledEmbeddings | None,
+    described: str,
+) -> dict[str, Any]:
+    """The :mod:`evaluation` entries of ``metrics.json``: per species, confused pairs and genus/family top-1
+    on the test split (else validation; logits at T = 1 in ``raw``, divided by ``temperature``), and the
+    silhouette and domain gap of the map ``points`` (``described``: which images they are)."""
+    out: dict[str, Any] = {}
+    if ctx.evaluated:
+        split = ctx.evaluated[-1]  # test when there is one
+        taxonomy = read_taxonomy_csv(ctx.config.taxonomy_file) if ctx.config.taxonomy_file else None
+        out.update(
+            E.species_evaluation(
+                split.name,
+                raw[split.name][1] / temperature,
+                split.labels,
+                split.domains,
+                ctx.data.class_names,
+                ctx.data.class_has_field,
+                taxonomy,
+            )
+        )
+    if points is not None and len(points):
+        out.update(
+            E.embedding_structure(
+                points.embeddings, points.labels, points.domains, ctx.data.class_names, described
+            )
+        )
+        gap = out["domain_gap"]
+        logger.info(
+            f"Embeddings by species: silhouette {out['silhouette']['all']:.3f} (cosine, {len(points)} images); "
+            f"herbarium-to-field distance median {gap['median']:.3f} over {gap['n_species']} species"
+        )
+    return out
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -290,14 +352,20 @@ def write_report_files(
     class_names: Sequence[str],
     tsne_file: str | None,
 ) -> None:
-    """``metrics.json`` (``summary``), ``reliability.png`` (when some split has field photos) and the card
-    ``README.md`` into ``project``."""
+    """``metrics.json`` (``summary``), ``reliability.png`` (when some split has field photos),
+    ``confusions.png`` (when ``summary`` has confused pairs) and the card ``README.md`` into ``project``."""
     write_json(project / "metrics.json", summary)
     reliability = summary["calibration"]["reliability_field"]
     reliability_file = None
     if any(reliability.values()):
         plot_reliability(reliability, str(project / "reliability.png"))
         reliability_file = "reliability.png"
+    confused = summary.get("confused_pairs") or {}
+    confusions_file = None
+    if confused.get("pairs"):
+        title = f"Most-confused species pairs ({confused['split']} split, {confused['images']} images)"
+        plot_confusions(confused["pairs"], str(project / CONFUSIONS_FILE), title)
+        confusions_file = CONFUSIONS_FILE
     card = render_model_card(
         config.public_dict(),
         summary,
@@ -305,6 +373,7 @@ def write_report_files(
         tsne_file=tsne_file,
         repo_id=config.resolved_repo_id,
         reliability_file=reliability_file,
+        confusions_file=confusions_file,
     )
     (project / "README.md").write_text(card, encoding="utf-8")
 
@@ -331,7 +400,11 @@ def save_outputs(ctx: RunContext, trained: TrainedRun) -> dict[str, Any]:
     save_arcface_model(ctx.model, ctx.project)
     evaluation = evaluate_splits(ctx, raw, ctx.model.config.logit_temperature)
     summary = build_summary(ctx, trained, evaluation, wise_ft, calibration)
-    tsne_file = _tsne_figure(ctx, embedder, evaluation) if ctx.config.tsne else None
+    points = _map_points(ctx, embedder, evaluation)
+    described = " + ".join([*evaluation.embeddings, "train herbarium sample"])
+    summary.update(species_report(ctx, raw, ctx.model.config.logit_temperature, points, described))
+    tsne_file = _map_figure(ctx, points, described) if ctx.config.tsne else None
+    summary["embedding_map"] = {"method": ctx.config.embedding_map, "file": tsne_file}
     summary["training"]["wall_seconds"] = round(time.perf_counter() - ctx.wall_start, 2)
     write_report_files(ctx.project, ctx.config, summary, ctx.data.class_names, tsne_file)
     return summary

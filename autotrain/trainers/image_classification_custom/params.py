@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autotrain.trainers.common import AutoTrainParams
-from data_prep.contract import EMBEDDED_BACKBONE
+from data_prep.contract import EMBEDDED_BACKBONE, read_taxonomy_csv
 
 
 class ImageClassificationCustomParams(AutoTrainParams):
@@ -227,7 +227,21 @@ class ImageClassificationCustomParams(AutoTrainParams):
         None, ge=1, title="Log the training loss every N steps (default: about 5 times per epoch, at most 25)"
     )
     log: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none", title="Experiment tracker")
-    tsne: bool = Field(True, title="Write `tsne.png` (validation/test and training-herbarium embeddings)")
+    tsne: bool = Field(
+        True,
+        title="Write the embedding map figure (validation/test and training-herbarium embeddings): `tsne.png`, "
+        "or `umap.png` with `embedding_map: umap`",
+    )
+    embedding_map: Literal["tsne", "umap"] = Field(
+        "tsne",
+        title="Method of the card's embedding map: `tsne` (openTSNE) or `umap` (umap-learn: keeps more of the "
+        "global layout; ~20 s of numba compilation on first use)",
+    )
+    taxonomy_file: str | None = Field(
+        None,
+        title="CSV with a header `species,genus[,family]` (the app's `--taxonomy` format): adds genus- and "
+        "family-level top-1 (species probabilities summed per genus/family) to metrics.json and the card",
+    )
 
     # --- outputs and the Hub ----------------------------------------------------------------------------
     project_name: str = Field("herbarium-arcface", title="Output folder (letters, digits and hyphens)")
@@ -250,6 +264,13 @@ class ImageClassificationCustomParams(AutoTrainParams):
             return False
         if value is None:
             return False
+        return value
+
+    @field_validator("taxonomy_file")
+    @classmethod
+    def _readable_taxonomy(cls, value: str | None) -> str | None:
+        if value is not None:
+            read_taxonomy_csv(value)  # TaxonomyError (a ValueError) names the file and the reason
         return value
 
     @model_validator(mode="after")

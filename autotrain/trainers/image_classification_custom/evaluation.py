@@ -1,0 +1,273 @@
+"""The evaluation botanists read: per species, confusions, embedding separation, domain gap, genus/family.
+
+Computed by the outputs stage on one evaluation split (``test``, else ``validation``) and written to
+``metrics.json`` and the card:
+
+- ``per_species``: for each species with images in the split, the number of images, top-1, top-5 and
+  MRR (the definitions of :mod:`metrics`), and whether it is *herbarium-only* (no field photo in the
+  training split). On the split's field photos when it has any, else on all its images.
+- ``confused_pairs``: the species pairs most often mistaken for each other by the top-1 answer on the
+  same images: ``a_as_b`` photos of ``a`` answered ``b``, ``b_as_a`` the reverse, ``count`` their sum.
+- ``silhouette``: ``sklearn.metrics.silhouette_score`` of the embeddings grouped by species, cosine
+  distance (1: tight, well separated species; 0: overlapping; < 0: points closer to another species),
+  on the map points (the evaluation splits and a sample of training herbarium sheets), and on their
+  field photos alone.
+- ``domain_gap``: per species, the cosine distance between its mean herbarium-sheet embedding and its
+  mean field-photo embedding (0: the model maps both domains to the same place; up to 2), over the
+  species that have both in the map points; with its mean and median.
+- ``taxonomy_top1``: genus- and family-level top-1 when a taxonomy is given: the species probabilities
+  (softmax of the logits at the inference temperature) summed per genus (family), as the app does; an
+  image counts when its true species is in the taxonomy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from autotrain.trainers.image_classification_custom.metrics import softmax, true_class_ranks
+from data_prep.contract import FIELD, HERBARIUM, TAXONOMY_UNLISTED
+
+TOP_CONFUSED_PAIRS = 10
+UNLISTED = TAXONOMY_UNLISTED
+
+
+def per_species(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    class_has_field: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """One row per species with images: ``species, herbarium_only, images, top1, top5, mrr``.
+
+    Args:
+        scores: ``(N, C)`` class scores (logits or similarities; only their order matters).
+        labels: ``(N,)`` true class ids.
+        class_names: ``C`` species names (label order).
+        class_has_field: ``(C,)`` bool, True where the training split has a field photo of the species;
+            None: ``herbarium_only`` is None.
+
+    Returns:
+        Rows in label order; species without images in ``labels`` are left out.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return []
+    ranks = true_class_ranks(scores, labels)
+    top5 = min(5, np.asarray(scores).shape[1])
+    rows = []
+    for c in np.unique(labels):
+        r = ranks[labels == c]
+        rows.append(
+            {
+                "species": class_names[c],
+                "herbarium_only": None if class_has_field is None else not bool(class_has_field[c]),
+                "images": int(len(r)),
+                "top1": float((r <= 1).mean()),
+                "top5": float((r <= top5).mean()),
+                "mrr": float((1.0 / r).mean()),
+            }
+        )
+    return rows
+
+
+def confused_pairs(
+    predictions: np.ndarray, labels: np.ndarray, class_names: Sequence[str], top: int = TOP_CONFUSED_PAIRS
+) -> list[dict[str, Any]]:
+    """The ``top`` species pairs most confused by the top-1 answer, most confused first.
+
+    Args:
+        predictions: ``(N,)`` top-1 class ids.
+        labels: ``(N,)`` true class ids.
+        class_names: ``C`` species names.
+        top: how many pairs to keep.
+
+    Returns:
+        ``[{"species_a", "species_b", "a_as_b", "b_as_a", "count"}]`` with ``a`` before ``b`` in label
+        order, ``count = a_as_b + b_as_a > 0``; ties keep label order.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return []
+    matrix = confusion_matrix(labels, np.asarray(predictions, dtype=np.int64), labels=range(len(class_names)))
+    both = np.triu(matrix + matrix.T, k=1)  # (a, b) with a < b: both directions
+    a, b = np.nonzero(both)
+    order = np.lexsort((b, a, -both[a, b]))[:top]
+    return [
+        {
+            "species_a": class_names[a[i]],
+            "species_b": class_names[b[i]],
+            "a_as_b": int(matrix[a[i], b[i]]),
+            "b_as_a": int(matrix[b[i], a[i]]),
+            "count": int(both[a[i], b[i]]),
+        }
+        for i in order
+    ]
+
+
+def species_silhouette(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette of ``(N, D)`` embeddings grouped by ``(N,)`` species, cosine distance.
+
+    Returns:
+        A value in [-1, 1]; NaN when it is undefined (fewer than 2 species, or every point its own
+        species).
+    """
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    n_species = len(np.unique(labels))
+    if n_species < 2 or n_species >= len(labels):
+        return float("nan")
+    return float(silhouette_score(np.asarray(embeddings, dtype=np.float64), labels, metric="cosine"))
+
+
+def domain_gap(
+    embeddings: np.ndarray, labels: np.ndarray, domains: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Per species, the cosine distance between its mean herbarium and its mean field embedding.
+
+    Args:
+        embeddings: ``(N, D)``.
+        labels: ``(N,)`` class ids.
+        domains: ``(N,)`` ``HERBARIUM`` or ``FIELD``.
+        class_names: species names.
+
+    Returns:
+        ``{"per_species": [{"species", "distance", "herbarium", "field"}], "mean", "median", "n_species"}``:
+        species with images of both domains only (``herbarium``/``field``: their image counts); mean and
+        median are NaN without any.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    labels, domains = np.asarray(labels, dtype=np.int64), np.asarray(domains, dtype=np.int64)
+    rows = []
+    for c in np.unique(labels):
+        herbarium = (labels == c) & (domains == HERBARIUM)
+        field = (labels == c) & (domains == FIELD)
+        if not herbarium.any() or not field.any():
+            continue
+        h, f = embeddings[herbarium].mean(axis=0), embeddings[field].mean(axis=0)
+        cosine = float(h @ f / max(np.linalg.norm(h) * np.linalg.norm(f), 1e-12))
+        rows.append(
+            {
+                "species": class_names[c],
+                "distance": 1.0 - cosine,
+                "herbarium": int(herbarium.sum()),
+                "field": int(field.sum()),
+            }
+        )
+    distances = np.array([r["distance"] for r in rows])
+    return {
+        "per_species": rows,
+        "mean": float(distances.mean()) if len(rows) else float("nan"),
+        "median": float(np.median(distances)) if len(rows) else float("nan"),
+        "n_species": len(rows),
+    }
+
+
+def rank_top1(
+    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str], rank_of: Mapping[str, str]
+) -> dict[str, Any]:
+    """Top-1 at a coarser rank: the species probabilities summed per group (genus or family).
+
+    Args:
+        logits: ``(N, C)`` logits (softmax gives the species probabilities).
+        labels: ``(N,)`` true class ids.
+        class_names: ``C`` species names.
+        rank_of: species name -> group name; species missing from it are summed under
+            :data:`UNLISTED`, which never counts as right.
+
+    Returns:
+        ``{"top1", "n", "groups"}``: the share of the images whose true species has a group and whose most
+        probable group is that one (NaN when ``n`` is 0), ``n`` those images, ``groups`` the distinct groups
+        of the model's species.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    group_of_class = [rank_of.get(name, UNLISTED) for name in class_names]
+    groups = sorted(set(group_of_class))
+    column = {g: i for i, g in enumerate(groups)}
+    membership = np.zeros((len(class_names), len(groups)))
+    membership[np.arange(len(class_names)), [column[g] for g in group_of_class]] = 1.0
+    true_group = np.array([column[group_of_class[c]] for c in labels], dtype=np.int64)
+    listed = np.array([group_of_class[c] != UNLISTED for c in labels], dtype=bool)
+    n = int(listed.sum())
+    n_groups = len(set(group_of_class) - {UNLISTED})
+    if n == 0:
+        return {"top1": float("nan"), "n": 0, "groups": n_groups}
+    group_probs = softmax(np.asarray(logits)[listed]) @ membership
+    top1 = float((group_probs.argmax(axis=1) == true_group[listed]).mean())
+    return {"top1": top1, "n": n, "groups": n_groups}
+
+
+def evaluated_images(domains: np.ndarray) -> tuple[np.ndarray, str]:
+    """The images the per-species numbers use: ``(mask (N,), "field")`` when there are field photos, else
+    ``(all True, "all")``."""
+    domains = np.asarray(domains)
+    field = domains == FIELD
+    return (field, "field") if field.any() else (np.ones(len(domains), dtype=bool), "all")
+
+
+def species_evaluation(
+    split: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    domains: np.ndarray,
+    class_names: Sequence[str],
+    class_has_field: np.ndarray | None,
+    taxonomy: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """``per_species``, ``confused_pairs`` and (with a taxonomy) ``taxonomy_top1`` of one split.
+
+    Args:
+        split: the split's name (written beside the numbers).
+        logits: ``(N, C)`` at the inference temperature.
+        labels: ``(N,)`` class ids.
+        domains: ``(N,)`` domain ids.
+        class_names: species names.
+        class_has_field: ``(C,)`` bool (see :func:`per_species`).
+        taxonomy: ``(genus, family)`` mappings from ``data_prep.contract.read_taxonomy_csv``, or None.
+
+    Returns:
+        The three ``metrics.json`` entries; each says its ``split`` and ``images`` (``field`` or ``all``).
+    """
+    mask, subset = evaluated_images(domains)
+    logits, labels = np.asarray(logits)[mask], np.asarray(labels, dtype=np.int64)[mask]
+    where = {"split": split, "images": subset}
+    out: dict[str, Any] = {
+        "per_species": {**where, "rows": per_species(logits, labels, class_names, class_has_field)},
+        "confused_pairs": {**where, "pairs": confused_pairs(logits.argmax(axis=1), labels, class_names)},
+    }
+    if taxonomy is not None:
+        genus, family = taxonomy
+        out["taxonomy_top1"] = {**where, "genus": rank_top1(logits, labels, class_names, genus)}
+        if family:
+            out["taxonomy_top1"]["family"] = rank_top1(logits, labels, class_names, family)
+    return out
+
+
+def embedding_structure(
+    embeddings: np.ndarray, labels: np.ndarray, domains: np.ndarray, class_names: Sequence[str], points: str
+) -> dict[str, Any]:
+    """``silhouette`` (all points and field photos alone) and ``domain_gap`` of the map points.
+
+    Args:
+        embeddings: ``(N, D)`` the map points' embeddings.
+        labels: ``(N,)`` class ids.
+        domains: ``(N,)`` domain ids.
+        class_names: species names.
+        points: what the points are (written beside the numbers).
+    """
+    field = np.asarray(domains) == FIELD
+    return {
+        "silhouette": {
+            "metric": "cosine",
+            "points": points,
+            "all": species_silhouette(embeddings, labels),
+            "field": species_silhouette(np.asarray(embeddings)[field], np.asarray(labels)[field]),
+            "n": int(len(labels)),
+        },
+        "domain_gap": {"points": points, **domain_gap(embeddings, labels, domains, class_names)},
+    }

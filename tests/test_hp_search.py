@@ -101,7 +101,13 @@ def test_bad_search_blocks_fail_at_load_naming_the_key(block, expected):
 def test_default_block_searches_all_five_values_and_null_ranges_are_left_out():
     search = load_params({"hp_search": {}}).hp_search
     assert search.n_trials == 8 and search.sampler == "tpe"
-    assert list(search.searched) == ["backbone_lr", "head_lr", "arcface_margin", "arcface_scale", "wise_ft_alpha"]
+    assert list(search.searched) == [
+        "backbone_lr",
+        "head_lr",
+        "arcface_margin",
+        "arcface_scale",
+        "wise_ft_alpha",
+    ]
     search = load_params({"hp_search": {"wise_ft_alpha": None, "arcface_scale": None}}).hp_search
     assert list(search.searched) == ["backbone_lr", "head_lr", "arcface_margin"]
     assert load_params({}).hp_search is None

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autotrain.trainers.common import AutoTrainParams
 from data_prep.contract import EMBEDDED_BACKBONE
 
-
 SearchRange = tuple[float, float]
 
 

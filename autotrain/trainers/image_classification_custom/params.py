@@ -294,7 +294,7 @@ class ImageClassificationCustomParams(AutoTrainParams):
         title="Hyperparameter search before training (Optuna, scored on field-validation MRR; needs field "
         "validation photos): `{n_trials, trial_epochs, sampler, seed, backbone_lr, head_lr, arcface_margin, "
         "arcface_scale, wise_ft_alpha}`, each range `[low, high]` or null; the results go to "
-        "`hp_search.csv`/`.md` and the best values to the final run; see the table below. null: no search",
+        "`hp_search.csv`/`.md` and the best values to the final run (the `hp_search.*` rows). null: no search",
     )
 
     # --- outputs and the Hub ----------------------------------------------------------------------------

@@ -98,6 +98,11 @@ def test_bad_search_blocks_fail_at_load_naming_the_key(block, expected):
     assert expected in str(err.value)
 
 
+def test_a_search_cannot_resume_from_a_checkpoint():
+    with pytest.raises(ValueError, match="hp_search: a search cannot resume from a checkpoint"):
+        load_params({"hp_search": {}, "resume_from_checkpoint": True})
+
+
 def test_default_block_searches_all_five_values_and_null_ranges_are_left_out():
     search = load_params({"hp_search": {}}).hp_search
     assert search.n_trials == 8 and search.sampler == "tpe"

@@ -337,6 +337,11 @@ class ImageClassificationCustomParams(AutoTrainParams):
             for name in ("early_stopping_patience", "early_stopping_threshold"):
                 if name in self.model_fields_set and getattr(self, name) not in (None, 0.0):
                     raise ValueError(f"{name}: needs a valid_split and eval_strategy 'epoch'")
+        if self.hp_search is not None and self.resume_from_checkpoint is not False:
+            raise ValueError(
+                "hp_search: a search cannot resume from a checkpoint; put the values it chose (metrics.json "
+                "`hp_search.params`) in the config and remove hp_search to resume"
+            )
         if not self.push_to_hub and "hub_private" in self.model_fields_set:
             raise ValueError("hub_private: only used with push_to_hub: true")
         return self

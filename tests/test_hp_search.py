@@ -22,6 +22,7 @@ def _search_config(tmp_path: Path, make_tiny_dataset, make_tiny_timm, tiny_confi
     return tiny_config("proj", str(data), str(model), tsne=False, hp_search=block)
 
 
+@pytest.mark.slow
 def test_two_trials_write_the_table_and_the_best_values_train_the_final_model(
     tmp_path, monkeypatch, make_tiny_dataset, make_tiny_timm, tiny_config
 ):

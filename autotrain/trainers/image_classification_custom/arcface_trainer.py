@@ -10,6 +10,7 @@ optimizer leaves it alone). With field validation photos the checkpoint with the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +68,14 @@ class ArcFaceTrainer(Trainer):
         self.head_lr = head_lr
         self.freeze_batchnorm = freeze_batchnorm
         super().__init__(*args, **kwargs)
-        self._backbone_norms = [
-            m for m in self.model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-        ]
+
+    def _hp_search_setup(self, trial):
+        """As ``Trainer``'s; an Optuna trial's ``backbone_lr`` and ``head_lr`` (not ``TrainingArguments``
+        fields) also become the learning rates of the optimizer groups (see ``hp_search``)."""
+        super()._hp_search_setup(trial)
+        params = getattr(trial, "params", None) or {}
+        self.backbone_lr = params.get("backbone_lr", self.backbone_lr)
+        self.head_lr = params.get("head_lr", self.head_lr)
 
     def _prepare_inputs(self, inputs):
         """Move the batch to the device; uint8 images (``keep_uint8`` collator) are augmented there when
@@ -117,9 +123,10 @@ class ArcFaceTrainer(Trainer):
             first = next(unwrapped.backbone_parameters(), None)
             if first is not None and not first.requires_grad:
                 unwrapped.backbone.eval()
-            elif self.freeze_batchnorm:
-                for norm in self._backbone_norms:
-                    norm.eval()
+            elif self.freeze_batchnorm:  # the model's own layers: model_init gives each trial a new one
+                for norm in unwrapped.backbone.modules():
+                    if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+                        norm.eval()
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
@@ -222,9 +229,12 @@ def _callbacks(
     return callbacks, throughput
 
 
-def build_trainer(ctx: RunContext) -> tuple[ArcFaceTrainer, ThroughputCallback, str | None, str | None]:
+def build_trainer(
+    ctx: RunContext, model_init: Callable[..., Any] | None = None
+) -> tuple[ArcFaceTrainer, ThroughputCallback, str | None, str | None]:
     """The Trainer over the cached images: ``(trainer, throughput callback, best-model metric or None
-    without evaluation, mixed precision or None)``."""
+    without evaluation, mixed precision or None)``; with ``model_init`` (a hyperparameter search), each
+    ``train`` starts from the model it returns instead of ``ctx.model``."""
     config, data, size = ctx.config, ctx.data, ctx.image_size
     interpolation = ctx.model.config.image_interpolation
     spec = AugmentationSpec.from_strength(config.augmentation, size)  # one spec for either path
@@ -256,7 +266,8 @@ def build_trainer(ctx: RunContext) -> tuple[ArcFaceTrainer, ThroughputCallback, 
 
     callbacks, throughput = _callbacks(ctx, evaluate, len(sampler_factory()), logging_steps)
     trainer = ArcFaceTrainer(
-        model=ctx.model,
+        model=None if model_init else ctx.model,
+        model_init=model_init,
         args=training_arguments(ctx, best_metric, logging_steps, precision),
         train_dataset=train_dataset,
         eval_dataset=valid_dataset,

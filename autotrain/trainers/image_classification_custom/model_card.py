@@ -212,6 +212,13 @@ def _selection_and_calibration(
 ) -> list[str]:
     """Card lines: how the weights were chosen (validation or not, WiSE-FT) and how confidences were set."""
     lines = ["## How the saved weights and confidences were chosen", ""]
+    search = metrics.get("hp_search")
+    if search:
+        values = ", ".join(f"`{k}` {v:.3g}" for k, v in search["params"].items())
+        lines.append(
+            f"- {values}: the best of a hyperparameter search of {search['n_trials']} trials (Optuna, "
+            f"{search['metric']} {search['best_score']:.3f}; every trial in `hp_search.md`)."
+        )
     if metrics.get("best_model_metric"):
         lines.append(f"- The epoch with the best validation `{metrics['best_model_metric']}` was kept.")
     else:

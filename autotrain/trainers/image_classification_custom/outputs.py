@@ -204,6 +204,8 @@ def build_summary(
     summary["wise_ft"] = wise_ft
     summary["calibration"] = {**calibration, "reliability_field": evaluation.reliability}
     summary["training"] = training_facts(ctx, trained)
+    if ctx.hp_search is not None:
+        summary["hp_search"] = ctx.hp_search
     return summary
 
 

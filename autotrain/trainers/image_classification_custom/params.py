@@ -18,10 +18,71 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autotrain.trainers.common import AutoTrainParams
 from data_prep.contract import EMBEDDED_BACKBONE, read_taxonomy_csv
+
+SearchRange = tuple[float, float]
+
+
+class HyperparameterSearch(BaseModel):
+    """The ``hp_search`` block: an Optuna search run through ``Trainer.hyperparameter_search``.
+
+    Each trial is a training run (``trial_epochs``) scored on the field validation photos' MRR after
+    mixing its best checkpoint with the starting weights at the trial's WiSE-FT alpha; the best trial's
+    values are then used by the normal run. A range set to ``null`` is not searched (the config's value).
+    Learning rates and the scale are searched on a log scale, margin and alpha on a linear one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_trials: int = Field(8, ge=1, title="Number of Optuna trials (each a training run)")
+    trial_epochs: int | None = Field(
+        None, ge=1, title="Epochs of each trial (default: `epochs`); the final run uses `epochs`"
+    )
+    sampler: Literal["tpe", "random"] = Field("tpe", title="Optuna sampler: `tpe` (TPESampler), `random`")
+    seed: int | None = Field(None, title="Sampler seed (default: the config's `seed`)")
+    backbone_lr: SearchRange | None = Field(
+        (1e-5, 1e-3), title="Range `[low, high]` of `backbone_lr` (log scale); null: not searched"
+    )
+    head_lr: SearchRange | None = Field(
+        (1e-4, 1e-2), title="Range `[low, high]` of `head_lr` (log scale); null: not searched"
+    )
+    arcface_margin: SearchRange | None = Field(
+        (0.1, 0.5), title="Range `[low, high]` of `arcface_margin` in radians, below pi/2; null: not searched"
+    )
+    arcface_scale: SearchRange | None = Field(
+        (16.0, 64.0), title="Range `[low, high]` of `arcface_scale` (log scale); null: not searched"
+    )
+    wise_ft_alpha: SearchRange | None = Field(
+        (0.0, 1.0),
+        title="Range `[low, high]` of the WiSE-FT alpha, in [0, 1], applied to each trial's best weights "
+        "before scoring; the final run uses the best alpha (`wise_ft_select` off); null: not searched "
+        "(`wise_ft_select` chooses it after the final run)",
+    )
+
+    @field_validator("backbone_lr", "head_lr", "arcface_margin", "arcface_scale", "wise_ft_alpha")
+    @classmethod
+    def _check_range(cls, value: SearchRange | None, info) -> SearchRange | None:
+        if value is None:
+            return value
+        low, high = value
+        if not low < high:
+            raise ValueError(f"low must be below high, got [{low}, {high}]")
+        bounds = {"arcface_margin": (0.0, math.pi / 2), "wise_ft_alpha": (0.0, 1.0)}
+        lowest, highest = bounds.get(info.field_name, (0.0, math.inf))
+        positive = info.field_name not in bounds
+        if low < lowest or (positive and low <= 0) or high > highest or high == math.pi / 2:
+            where = "positive" if positive else f"within [{lowest:g}, {highest:g}]"
+            raise ValueError(f"the range must be {where}, got [{low}, {high}]")
+        return value
+
+    @property
+    def searched(self) -> dict[str, SearchRange]:
+        """The searched parameters and their ranges (``{name: (low, high)}``)."""
+        names = ("backbone_lr", "head_lr", "arcface_margin", "arcface_scale", "wise_ft_alpha")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 class ImageClassificationCustomParams(AutoTrainParams):
@@ -242,6 +303,13 @@ class ImageClassificationCustomParams(AutoTrainParams):
         title="CSV with a header `species,genus[,family]` (the app's `--taxonomy` format): adds genus- and "
         "family-level top-1 (species probabilities summed per genus/family) to metrics.json and the card",
     )
+    hp_search: HyperparameterSearch | None = Field(
+        None,
+        title="Hyperparameter search before training (Optuna, scored on field-validation MRR; needs field "
+        "validation photos): `{n_trials, trial_epochs, sampler, seed, backbone_lr, head_lr, arcface_margin, "
+        "arcface_scale, wise_ft_alpha}`, each range `[low, high]` or null; the results go to "
+        "`hp_search.csv`/`.md` and the best values to the final run (the `hp_search.*` rows). null: no search",
+    )
 
     # --- outputs and the Hub ----------------------------------------------------------------------------
     project_name: str = Field("herbarium-arcface", title="Output folder (letters, digits and hyphens)")
@@ -290,6 +358,11 @@ class ImageClassificationCustomParams(AutoTrainParams):
             for name in ("early_stopping_patience", "early_stopping_threshold"):
                 if name in self.model_fields_set and getattr(self, name) not in (None, 0.0):
                     raise ValueError(f"{name}: needs a valid_split and eval_strategy 'epoch'")
+        if self.hp_search is not None and self.resume_from_checkpoint is not False:
+            raise ValueError(
+                "hp_search: a search cannot resume from a checkpoint; put the values it chose (metrics.json "
+                "`hp_search.params`) in the config and remove hp_search to resume"
+            )
         if not self.push_to_hub and "hub_private" in self.model_fields_set:
             raise ValueError("hub_private: only used with push_to_hub: true")
         return self
@@ -367,6 +440,8 @@ def _type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
     if origin in (Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         suffix = " \\| `null`" if type(None) in args else ""
@@ -374,13 +449,22 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def markdown_reference(cls: type[ImageClassificationCustomParams] = ImageClassificationCustomParams) -> str:
-    """The config reference as a Markdown table (README), generated from the field titles."""
+def _reference_rows(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """One table row per field of ``cls``, then the rows of a nested params block (``hp_search.*``)."""
     hints = typing.get_type_hints(cls)
-    rows = ["| Key | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    rows, nested = [], []
     for name, field in cls.model_fields.items():
         default = json.dumps(field.default)
-        rows.append(f"| `{name}` | {_type_name(hints[name])} | `{default}` | {field.title} |")
+        rows.append(f"| `{prefix}{name}` | {_type_name(hints[name])} | `{default}` | {field.title} |")
+        blocks = [a for a in typing.get_args(hints[name]) if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested += [row for block in blocks for row in _reference_rows(block, f"{prefix}{name}.")]
+    return rows + nested
+
+
+def markdown_reference(cls: type[ImageClassificationCustomParams] = ImageClassificationCustomParams) -> str:
+    """The config reference as a Markdown table (README), generated from the field titles; the fields of a
+    nested block follow as ``block.field`` rows."""
+    rows = ["| Key | Type | Default | Meaning |", "| --- | --- | --- | --- |", *_reference_rows(cls)]
     return "\n".join(rows) + "\n"
 
 

@@ -62,6 +62,7 @@ class RunContext:
         caches: decoded images (:func:`decode_caches`).
         baseline: the "no training" report per evaluation split (:func:`start_from_prototypes`).
         start_weights: state dict before fine-tuning, for WiSE-FT (``wise_ft.keep_start_weights``).
+        hp_search: the hyperparameter search's summary, when there was one (``hp_search``).
     """
 
     config: ImageClassificationCustomParams
@@ -75,6 +76,7 @@ class RunContext:
     caches: ImageCaches | None = None
     baseline: dict[str, Any] | None = None
     start_weights: dict[str, torch.Tensor] | None = None
+    hp_search: dict[str, Any] | None = None
 
     @property
     def project(self) -> Path:

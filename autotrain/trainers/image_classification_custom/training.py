@@ -14,6 +14,7 @@ class-mean prototypes, so this trainer
 :func:`run` is the list of stages; each is a function of the shared :class:`stages.RunContext`:
 
 - :mod:`stages`: start, data, model, decoded-image caches, prototypes and the "no training" baseline;
+- :mod:`hp_search`: with ``hp_search``, Optuna trials first; the best values go to the normal run;
 - :mod:`wise_ft`: the starting weights kept for WiSE-FT, and the mix saved after training;
 - :mod:`arcface_trainer`: the ``transformers.Trainer`` run (both stages; :mod:`callbacks`);
 - :mod:`outputs`: temperature, model folder, ``metrics.json``, figures, card; Hub upload and clean-up.
@@ -26,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotrain.trainers.image_classification_custom.arcface_trainer import train_model
+from autotrain.trainers.image_classification_custom.hp_search import search_hyperparameters
 from autotrain.trainers.image_classification_custom.outputs import publish, save_outputs
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 from autotrain.trainers.image_classification_custom.stages import (
@@ -42,7 +44,8 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     """Train, evaluate and save; returns the content of ``metrics.json`` (main process) or ``{}``.
 
     Raises:
-        splits.DataInputError: the data must be fixed first (see ``splits.load_splits``).
+        splits.DataInputError: the data must be fixed first (see ``splits.load_splits``; ``hp_search``
+            without field validation photos).
         FileNotFoundError: ``data_path`` or ``resume_from_checkpoint`` does not exist.
     """
     ctx = start_run(config)
@@ -50,6 +53,7 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     build_model(ctx)
     decode_caches(ctx)
     start_from_prototypes(ctx)
+    search_hyperparameters(ctx)
     keep_start_weights(ctx)
     trained = train_model(ctx)
     if not ctx.is_main:

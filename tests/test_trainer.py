@@ -340,18 +340,23 @@ def test_saved_weights_use_wise_ft_alpha_after_a_report(tmp_path, tiny_model):
 def test_failed_run_exits_non_zero(monkeypatch, tmp_path):
     """monitor swallows exceptions; train() must turn that into exit status 1, the error logged."""
     from autotrain import logger
+    from autotrain.trainers.image_classification_custom import training
     from autotrain.trainers.image_classification_custom.__main__ import train
 
+    def crash(config):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(training, "run", crash)
     messages = []
     sink = logger.add(messages.append, level="ERROR")
     monkeypatch.chdir(tmp_path)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            train({"project_name": "p", "data_path": "does-not-exist/autotrain-data"})
+            train({"project_name": "p", "data_path": "data"})
     finally:
         logger.remove(sink)
-    assert exit_info.value.code == 1
-    assert any("data_path 'does-not-exist/autotrain-data'" in str(m) for m in messages)
+    assert exit_info.value.code == 1  # a crash, not the user's data (that is exit 2: test_trainer_bad_inputs)
+    assert any("device-side assert" in str(m) for m in messages)
 
 
 def test_training_params_json_has_no_token(monkeypatch, tmp_path):

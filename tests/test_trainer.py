@@ -367,3 +367,46 @@ def test_training_params_json_has_no_token(monkeypatch, tmp_path):
         train({"project_name": "p", "data_path": "missing", "token": "hf_tokenvalue"})
     saved = json.loads((tmp_path / "p" / "training_params.json").read_text())
     assert "token" not in saved and "hf_tokenvalue" not in json.dumps(saved)
+
+
+def test_card_and_log_say_when_training_was_discarded():
+    """Found by a new user: alpha 0 was chosen, yet the card said "fine-tuned" and named a checkpoint."""
+    from autotrain.trainers.image_classification_custom.model_card import render_model_card
+    from autotrain.trainers.image_classification_custom.params import load_params
+
+    params = load_params({"data_path": "data"}).public_dict()
+    metrics = _metrics() | {
+        "best_model_metric": "eval_field_mrr",
+        "wise_ft": {"alpha": 0.0, "selection": {"validation_mrr": {"0.0": 0.445, "0.5": 0.44, "1.0": 0.43}}},
+    }
+    card = render_model_card(params, metrics, CLASS_NAMES)
+    assert "**Training did not beat the starting model on the field validation photos**" in card
+    assert "fine-tuned with AutoTrain" not in card and "fine-tuning was discarded" in card
+    kept = metrics | {"wise_ft": {"alpha": 1.0, "selection": {"validation_mrr": {"0.0": 0.4, "1.0": 0.5}}}}
+    card = render_model_card(params, kept, CLASS_NAMES)
+    assert "fine-tuned with AutoTrain" in card and "did not beat" not in card
+
+
+def test_a_temperature_that_raises_validation_ece_is_not_applied(monkeypatch, tiny_model):
+    """Found by a new user: T fitted on 26 photos raised ECE 0.179 -> 0.257 and was applied anyway."""
+    from autotrain.trainers.image_classification_custom import metrics as M
+    from autotrain.trainers.image_classification_custom.outputs import calibrate
+    from autotrain.trainers.image_classification_custom.params import load_params
+    from autotrain.trainers.image_classification_custom.splits import SplitData
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 40)
+    logits = rng.normal(size=(40, 4)) + 2.0 * np.eye(4)[labels]
+    validation = SplitData("validation", None, labels, np.ones(40, int))
+    model, config = tiny_model(), load_params({"data_path": "data"})
+    monkeypatch.setattr(M, "fit_temperature", lambda *_: 50.0)  # a fit that flattens everything: ECE rises
+    result = calibrate(model, config, validation, {"validation": (None, logits)})
+    assert result["temperature"] == 1.0 and result["fitted_temperature_rejected"] == 50.0
+    assert model.config.logit_temperature == 1.0 and "T = 1 kept" in result["source"]
+    monkeypatch.undo()
+    result = calibrate(model, config, validation, {"validation": (None, logits)})
+    assert result["validation_field_ece_after"] <= result["validation_field_ece_before"]
+    assert (
+        model.config.logit_temperature == pytest.approx(result["temperature"], abs=1e-4)
+        and result["temperature"] != 1.0
+    )

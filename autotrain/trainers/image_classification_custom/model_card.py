@@ -139,6 +139,12 @@ def render_model_card(
     return "\n".join(lines)
 
 
+def _training_discarded(metrics: Mapping[str, Any]) -> bool:
+    """True when WiSE-FT selection kept alpha 0: the saved weights are the starting model."""
+    wise = metrics.get("wise_ft") or {}
+    return bool(wise.get("selection")) and float(wise.get("alpha", 1.0)) == 0.0
+
+
 def _intro_lines(
     params: Mapping[str, Any], metrics: Mapping[str, Any], class_names: Sequence[str], project: str
 ) -> list[str]:
@@ -147,7 +153,13 @@ def _intro_lines(
     return [
         f"# {project}: herbarium-to-field plant identification (ArcFace)",
         "",
-        f"An ArcFace-headed `{params.get('model')}` backbone fine-tuned with AutoTrain's "
+        f"An ArcFace-headed `{params.get('model')}` backbone "
+        + (
+            "(its fine-tuning was discarded: see below) trained with"
+            if _training_discarded(metrics)
+            else "fine-tuned with"
+        )
+        + " AutoTrain's "
         "`image_classification_custom` trainer to recognise plant species in field photos, including "
         "species that were seen only as herbarium sheets during training. The logits are "
         "`s * cos(theta)` between the L2-normalised embedding and each class centre; the embedding "
@@ -233,7 +245,15 @@ def _selection_and_calibration(
     wise = metrics.get("wise_ft") or {}
     alpha = wise.get("alpha", 1.0)
     selection = wise.get("selection")
-    if selection:
+    if selection and alpha == 0.0:
+        lines.append(
+            "- **Training did not beat the starting model on the field validation photos** (MRR by WiSE-FT "
+            "alpha: "
+            + ", ".join(f"{float(a):g}: {m:.3f}" for a, m in selection["validation_mrr"].items())
+            + "): the saved weights are the starting model (pretrained backbone, class-mean prototypes) and "
+            'the fine-tuned weights were discarded, so the results below equal the "before training" ones.'
+        )
+    elif selection:
         scores = ", ".join(f"{float(a):g}: {m:.3f}" for a, m in selection["validation_mrr"].items())
         lines.append(
             f"- WiSE-FT alpha {alpha:g} chosen on the field validation photos (MRR by alpha: {scores}; alpha 0 "

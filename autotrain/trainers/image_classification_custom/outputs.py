@@ -125,19 +125,35 @@ def calibrate(
         }
     logits = raw[validation.name][1][field]
     labels = validation.labels[field]
-    temperature = M.fit_temperature(logits, labels)
-    model.set_logit_temperature(temperature)
-    result = {
-        "temperature": round(temperature, 4),
-        "source": f"fitted on {int(field.sum())} field validation photos",
-        "validation_field_ece_before": M.expected_calibration_error(logits, labels),
-        "validation_field_ece_after": M.expected_calibration_error(logits / temperature, labels),
-    }
+    fitted = M.fit_temperature(logits, labels)
+    before = M.expected_calibration_error(logits, labels)
+    after = M.expected_calibration_error(logits / fitted, labels)
+    n = int(field.sum())
+    if after > before:  # the NLL fit on few photos can miss: never save confidences made worse
+        model.set_logit_temperature(1.0)
+        logger.warning(
+            f"Temperature {fitted:.3g} fitted on {n} field validation photos would raise their ECE from "
+            f"{before:.3f} to {after:.3f}: kept T = 1 (confidences are uncalibrated; more field validation "
+            "photos, or `temperature` in the config, fix this)"
+        )
+        return {
+            "temperature": 1.0,
+            "source": f"T = 1 kept: the temperature {fitted:.3g} fitted on {n} field validation photos "
+            f"raised their ECE from {before:.3f} to {after:.3f}",
+            "fitted_temperature_rejected": round(fitted, 4),
+            "validation_field_ece_before": before,
+            "validation_field_ece_after": before,
+        }
+    model.set_logit_temperature(fitted)
     logger.info(
-        f"Temperature {temperature:.3g} fitted on the field validation photos: ECE "
-        f"{result['validation_field_ece_before']:.3f} -> {result['validation_field_ece_after']:.3f}"
+        f"Temperature {fitted:.3g} fitted on the field validation photos: ECE {before:.3f} -> {after:.3f}"
     )
-    return result
+    return {
+        "temperature": round(fitted, 4),
+        "source": f"fitted on {n} field validation photos",
+        "validation_field_ece_before": before,
+        "validation_field_ece_after": after,
+    }
 
 
 def evaluate_splits(

@@ -115,6 +115,12 @@ def select_wise_ft_alpha(
         + ", ".join(f"{a:g}: MRR {m:.3f}" for a, m in scores.items())
         + f" -> {best:g}"
     )
+    if best == 0.0:
+        logger.warning(
+            "Training did not beat the starting model on the field validation photos: the saved weights are "
+            "the starting model (pretrained backbone, class-mean prototypes) and the fine-tuned weights are "
+            "discarded; more epochs, another learning rate or more field photos may help"
+        )
     return {
         "alpha": best,
         "by": "field validation MRR",

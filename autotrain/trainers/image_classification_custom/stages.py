@@ -1,7 +1,8 @@
 """The stages before the Trainer runs, and the context every stage of a run shares.
 
 :func:`training.run` calls, in order: :func:`start_run`, :func:`load_data`, :func:`build_model`,
-:func:`decode_caches`, :func:`start_from_prototypes`, then ``wise_ft.keep_start_weights``,
+:func:`decode_caches`, :func:`start_from_prototypes`, ``hp_search.search_hyperparameters`` (only with ``hp_search``), then
+``wise_ft.keep_start_weights``,
 ``arcface_trainer.train_model`` and ``outputs.save_outputs`` / ``outputs.publish``. Each stage reads
 what earlier stages put in the :class:`RunContext` and adds its own part, so a test can build a context
 by hand and run one stage alone.

@@ -141,7 +141,41 @@ def test_genus_and_family_top1_by_hand(tmp_path):
     )
     assert out["taxonomy_top1"]["split"] == "test" and out["taxonomy_top1"]["images"] == "field"
     assert out["taxonomy_top1"]["genus"]["top1"] == pytest.approx(2 / 3)
+    assert out["taxonomy_top1"]["of"] == 4 and out["taxonomy_top1"]["species_missing"] == 1
     assert out["per_species"]["rows"][2]["herbarium_only"] is True
+
+
+def test_a_taxonomy_lacking_species_is_warned_about_in_one_line(tmp_path):
+    """Found by a new user: a taxonomy_file covering 15 of 76 test photos was used without a word."""
+    from types import SimpleNamespace
+
+    from autotrain import logger
+    from autotrain.trainers.image_classification_custom.outputs import read_taxonomy
+
+    species = [
+        "Quercus robur",
+        "Acer campestre",
+        "Fagus sylvatica",
+        "Betula pendula",
+        "Tilia cordata",
+        "Ulmus minor",
+    ]
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(taxonomy_file=str(_taxonomy_file(tmp_path))),
+        data=SimpleNamespace(class_names=species),
+    )
+    messages: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
+    try:
+        genus, _ = read_taxonomy(ctx)
+        ctx.data.class_names = ["Quercus robur", "Fagus sylvatica"]
+        read_taxonomy(ctx)
+    finally:
+        logger.remove(sink)
+    assert genus["Quercus robur"] == "Quercus"
+    assert len(messages) == 1 and messages[0][0] == "WARNING" and "\n" not in messages[0][1]
+    assert "lacks 4 of the 6 species (Acer campestre, Betula pendula, Tilia cordata, ...)" in messages[0][1]
+    assert read_taxonomy(SimpleNamespace(config=SimpleNamespace(taxonomy_file=None))) is None
 
 
 def test_species_evaluation_uses_field_photos_when_there_are_some():
@@ -236,6 +270,9 @@ def test_card_genus_and_family_lines():
     text = "\n".join(evaluation_lines(metrics))
     assert "Genus-level top-1 (species probabilities summed per genus): 0.7500 on 4 field images" in text
     assert "Family-level top-1 (species probabilities summed per family): 1.0000 on 4 field images" in text
+    metrics["taxonomy_top1"] |= {"of": 76, "species_missing": 61}
+    text = "\n".join(evaluation_lines(metrics))
+    assert "0.7500 on 4 of 76 field images of the test split (3 genera); **61 species are not in the" in text
     assert evaluation_lines({"test": {}}) == []
 
 

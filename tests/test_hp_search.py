@@ -8,6 +8,7 @@ photos the run is refused with one line and exit status 2; bad ranges fail when 
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -53,8 +54,13 @@ def test_two_trials_write_the_table_and_the_best_values_train_the_final_model(
     saved = json.loads((project / "config.json").read_text())
     assert saved["arcface_margin"] == pytest.approx(search["params"]["arcface_margin"])
     assert saved["arcface_scale"] == pytest.approx(search["params"]["arcface_scale"])
-    assert metrics["wise_ft"]["alpha"] == pytest.approx(search["params"]["wise_ft_alpha"])
-    assert metrics["wise_ft"]["selection"] is None  # the searched alpha, not the grid
+    if search["beat_start"]:
+        assert metrics["wise_ft"]["alpha"] == pytest.approx(search["params"]["wise_ft_alpha"])
+    assert isinstance(search["start_score"], float) and isinstance(search["beat_start"], bool)
+    if search["beat_start"]:
+        assert metrics["wise_ft"]["selection"] is None  # the searched alpha, not the grid
+    else:  # no trial beat the start: the final run chose its alpha on the field validation photos
+        assert metrics["wise_ft"]["selection"] is not None
     card = (project / "README.md").read_text(encoding="utf-8")
     assert "hyperparameter search of 2 trials" in card and "hp_search.md" in card
 
@@ -117,3 +123,73 @@ def test_default_block_searches_all_five_values_and_null_ranges_are_left_out():
     search = load_params({"hp_search": {"wise_ft_alpha": None, "arcface_scale": None}}).hp_search
     assert list(search.searched) == ["backbone_lr", "head_lr", "arcface_margin"]
     assert load_params({}).hp_search is None
+
+
+def _logged(function, *args) -> tuple[object, list[tuple[str, str]]]:
+    """``function(*args)`` and the ``(level, message)`` of every log line it wrote."""
+    from autotrain import logger
+
+    messages: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, str(m).rstrip("\n"))), level="DEBUG")
+    try:
+        return function(*args), messages
+    finally:
+        logger.remove(sink)
+
+
+def _study(values: list[float]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    space = {"head_lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    space["wise_ft_alpha"] = optuna.distributions.FloatDistribution(0.0, 1.0)
+    for i, value in enumerate(values):
+        params = {"head_lr": 1e-3 * (i + 1), "wise_ft_alpha": 0.5}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
+    return study
+
+
+def test_a_search_that_does_not_beat_the_start_says_so_and_lets_the_final_run_keep_it(tiny_model):
+    """Found by a new user: the best trial's MRR equalled the "before training" one, yet the card only said
+    "the best of a hyperparameter search" and the searched alpha was imposed on the final run."""
+    from autotrain.trainers.image_classification_custom.hp_search import use_best
+    from autotrain.trainers.image_classification_custom.model_card import _selection_and_calibration
+
+    ctx = SimpleNamespace(config=load_params({"hp_search": {}}), model=tiny_model())
+    summary, messages = _logged(use_best, ctx, _study([0.40, 0.45]), 0.45)
+    assert summary["beat_start"] is False and summary["start_score"] == pytest.approx(0.45)
+    assert ctx.config.wise_ft_select is True and ctx.config.head_lr == pytest.approx(2e-3)
+    assert ctx.config.wise_ft_alpha == load_params({}).wise_ft_alpha  # the searched alpha not imposed
+    warnings = [m for level, m in messages if level == "WARNING"]
+    assert (
+        len(warnings) == 1 and "no trial beat the starting model" in warnings[0] and "\n" not in warnings[0]
+    )
+    card = "\n".join(_selection_and_calibration({}, {"hp_search": summary}, None))
+    assert "**Training did not beat the starting model on the field validation photos** in the hyperp" in card
+    assert "best trial 0.450, starting model 0.450" in card
+
+    ctx = SimpleNamespace(config=load_params({"hp_search": {}}), model=tiny_model())
+    summary, messages = _logged(use_best, ctx, _study([0.40, 0.50]), 0.45)
+    assert summary["beat_start"] is True and not any(level == "WARNING" for level, _ in messages)
+    assert ctx.config.wise_ft_select is False and ctx.config.wise_ft_alpha == pytest.approx(0.5)
+    assert "did not beat" not in "\n".join(_selection_and_calibration({}, {"hp_search": summary}, None))
+
+
+def test_backbone_lr_is_not_searched_when_every_trial_epoch_is_head_only():
+    """Found by a new user: with trial_epochs <= warmup_epochs the backbone never trains in a trial, yet
+    backbone_lr was searched and reported as chosen."""
+    from autotrain.trainers.image_classification_custom.hp_search import search_space
+
+    config = load_params({"epochs": 4, "warmup_epochs": 2, "hp_search": {"trial_epochs": 2}})
+    space, messages = _logged(search_space, config)
+    assert "backbone_lr" not in space and list(space) == [
+        "head_lr",
+        "arcface_margin",
+        "arcface_scale",
+        "wise_ft_alpha",
+    ]
+    assert [level for level, _ in messages] == ["WARNING"]
+    assert "backbone_lr is not searched" in messages[0][1] and "warmup_epochs 2" in messages[0][1]
+    config = load_params({"epochs": 4, "warmup_epochs": 2, "hp_search": {"trial_epochs": 3}})
+    space, messages = _logged(search_space, config)
+    assert "backbone_lr" in space and not messages
+    config = load_params({"epochs": 2, "warmup_epochs": 2, "hp_search": {}})  # trial_epochs: the epochs
+    assert "backbone_lr" not in _logged(search_space, config)[0]

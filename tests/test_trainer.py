@@ -382,6 +382,8 @@ def test_card_and_log_say_when_training_was_discarded():
     card = render_model_card(params, metrics, CLASS_NAMES)
     assert "**Training did not beat the starting model on the field validation photos**" in card
     assert "fine-tuned with AutoTrain" not in card and "fine-tuning was discarded" in card
+    said = card.index('the results above equal the "before training" ones')  # the tables come first
+    assert card.index("## Metrics: validation split") < said and "results below equal" not in card
     kept = metrics | {"wise_ft": {"alpha": 1.0, "selection": {"validation_mrr": {"0.0": 0.4, "1.0": 0.5}}}}
     card = render_model_card(params, kept, CLASS_NAMES)
     assert "fine-tuned with AutoTrain" in card and "did not beat" not in card

@@ -17,7 +17,7 @@ Computed by the outputs stage on one evaluation split (``test``, else ``validati
   species that have both in the map points; with its mean and median.
 - ``taxonomy_top1``: genus- and family-level top-1 when a taxonomy is given: the species probabilities
   (softmax of the logits at the inference temperature) summed per genus (family), as the app does; an
-  image counts when its true species is in the taxonomy.
+  image counts when its true species is in the taxonomy (``n`` of ``of`` images).
 """
 
 from __future__ import annotations
@@ -202,6 +202,11 @@ def rank_top1(
     return {"top1": top1, "n": n, "groups": n_groups}
 
 
+def species_missing(class_names: Sequence[str], genus: Mapping[str, str]) -> list[str]:
+    """The model's species (in label order) that have no genus in the taxonomy mapping ``genus``."""
+    return [name for name in class_names if name not in genus]
+
+
 def evaluated_images(domains: np.ndarray) -> tuple[np.ndarray, str]:
     """The images the per-species numbers use: ``(mask (N,), "field")`` when there are field photos, else
     ``(all True, "all")``."""
@@ -231,7 +236,9 @@ def species_evaluation(
         taxonomy: ``(genus, family)`` mappings from ``data_prep.contract.read_taxonomy_csv``, or None.
 
     Returns:
-        The three ``metrics.json`` entries; each says its ``split`` and ``images`` (``field`` or ``all``).
+        The three ``metrics.json`` entries; each says its ``split`` and ``images`` (``field`` or ``all``);
+        ``taxonomy_top1`` also says ``of`` (the images evaluated; each rank's ``n`` counts those whose
+        species is in the taxonomy) and ``species_missing`` (the model's species without a genus).
     """
     mask, subset = evaluated_images(domains)
     logits, labels = np.asarray(logits)[mask], np.asarray(labels, dtype=np.int64)[mask]
@@ -242,7 +249,12 @@ def species_evaluation(
     }
     if taxonomy is not None:
         genus, family = taxonomy
-        out["taxonomy_top1"] = {**where, "genus": rank_top1(logits, labels, class_names, genus)}
+        out["taxonomy_top1"] = {
+            **where,
+            "of": int(len(labels)),
+            "species_missing": len(species_missing(class_names, genus)),
+            "genus": rank_top1(logits, labels, class_names, genus),
+        }
         if family:
             out["taxonomy_top1"]["family"] = rank_top1(logits, labels, class_names, family)
     return out

@@ -57,13 +57,18 @@ def _summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         )
     taxonomy = metrics.get("taxonomy_top1")
     if taxonomy:
+        of = f" of {taxonomy['of']}" if "of" in taxonomy else ""
+        gaps = taxonomy.get("species_missing")
+        missing = (
+            f"; **{gaps} species are not in the taxonomy file** and their images are left out" if gaps else ""
+        )
         for rank in ("genus", "family"):
             if rank in taxonomy:
                 t = taxonomy[rank]
                 lines.append(
                     f"- {rank.capitalize()}-level top-1 (species probabilities summed per {rank}): "
-                    f"{_format(t['top1'])} on {t['n']} {taxonomy['images']} images of the {taxonomy['split']} split "
-                    f"({t['groups']} {'genera' if rank == 'genus' else 'families'})."
+                    f"{_format(t['top1'])} on {t['n']}{of} {taxonomy['images']} images of the {taxonomy['split']} "
+                    f"split ({t['groups']} {'genera' if rank == 'genus' else 'families'}){missing}."
                 )
     return lines
 

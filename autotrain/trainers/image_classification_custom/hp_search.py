@@ -18,7 +18,9 @@ choose it (the ``wise_ft_select`` grid, or ``wise_ft_alpha``).
 
 The table of trials goes to ``hp_search.csv`` and ``hp_search.md`` in the project folder; the best trial's
 values replace those of the config for the normal run (``ctx.config``, the model's head) and are recorded
-in ``ctx.hp_search`` (``metrics.json``'s ``hp_search``, a line of the card).
+in ``ctx.hp_search`` (``metrics.json``'s ``hp_search``, a line of the card). The starting model is scored
+the same way first (alpha 0); when no trial beats it, the log and the card say so and the normal run chooses
+its alpha on the field validation photos, saving the starting model unless its own training beats it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from autotrain import logger
 from autotrain.trainers.image_classification_custom import metrics as M
 from autotrain.trainers.image_classification_custom.arcface_trainer import build_trainer
 from autotrain.trainers.image_classification_custom.callbacks import BackboneWarmupCallback
-from autotrain.trainers.image_classification_custom.params import HyperparameterSearch
+from autotrain.trainers.image_classification_custom.embedder import Embedder
+from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 from autotrain.trainers.image_classification_custom.splits import DataInputError, SplitData
 from autotrain.trainers.image_classification_custom.stages import RunContext
 from autotrain.trainers.image_classification_custom.wise_ft import apply_wise_ft, select_wise_ft_alpha
@@ -68,12 +71,37 @@ def require_field_validation(ctx: RunContext) -> SplitData:
     return validation
 
 
-def suggest(trial: optuna.Trial, search: HyperparameterSearch) -> dict[str, float]:
-    """The trial's values of the searched parameters (log scale for learning rates and the scale)."""
+def search_space(config: ImageClassificationCustomParams) -> dict[str, tuple[float, float]]:
+    """The searched parameters and their ranges (``{name: (low, high)}``): ``hp_search.searched`` without
+    ``backbone_lr`` (with a one-line warning) when a trial ends before the backbone is unfrozen
+    (``trial_epochs`` <= ``warmup_epochs``), since no trial would use it."""
+    search = config.hp_search
+    space = dict(search.searched)
+    trial_epochs = search.trial_epochs or config.epochs
+    if "backbone_lr" in space and trial_epochs <= config.warmup_epochs:
+        del space["backbone_lr"]
+        logger.warning(
+            f"hp_search: backbone_lr is not searched: a trial's {trial_epochs} epoch(s) are all head-only "
+            f"(warmup_epochs {config.warmup_epochs}), so the backbone never trains in a trial; set "
+            "hp_search.trial_epochs above warmup_epochs to search it"
+        )
+    return space
+
+
+def suggest(trial: optuna.Trial, space: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The trial's values of the searched parameters ``space`` (:func:`search_space`; log scale for the
+    learning rates and the scale)."""
     return {
         name: trial.suggest_float(name, low, high, log=name in LOG_SCALE)
-        for name, (low, high) in search.searched.items()
+        for name, (low, high) in space.items()
     }
+
+
+def field_mrr(embedder: Embedder, validation: SplitData, images: np.ndarray) -> float:
+    """MRR of ``embedder.model`` on the field photos of ``validation`` (``images``: its cached uint8 images
+    ``(N, S, S, 3)``): the search's objective."""
+    field = validation.domains == FIELD
+    return float(M.mean_reciprocal_rank(embedder.logits(images[field]), validation.labels[field]))
 
 
 def set_margin_and_scale(model: torch.nn.Module, margin: float, scale: float) -> None:
@@ -141,8 +169,7 @@ class TrialScore(TrainerCallback):
             score = selection["validation_mrr"][str(selection["alpha"])]
         else:
             apply_wise_ft(model, start, tuned, ctx.config.wise_ft_alpha if alpha is None else alpha)
-            field = validation.domains == FIELD
-            score = M.mean_reciprocal_rank(embedder.logits(images[field]), validation.labels[field])
+            score = field_mrr(embedder, validation, images)
         self.trainer.objective = float(score)
         for callback in self.trainer.callback_handler.callbacks:
             if isinstance(callback, EarlyStoppingCallback):
@@ -152,8 +179,9 @@ class TrialScore(TrainerCallback):
         logger.info(f"hp_search trial {self.models.params}: {METRIC} {score:.4f}")
 
 
-def run_trials(ctx: RunContext, models: TrialModels) -> optuna.Study:
-    """Every trial through ``Trainer.hyperparameter_search``; returns the finished Optuna study."""
+def run_trials(ctx: RunContext, models: TrialModels, space: dict[str, tuple[float, float]]) -> optuna.Study:
+    """Every trial through ``Trainer.hyperparameter_search`` over ``space`` (:func:`search_space`); returns
+    the finished Optuna study."""
     config, search = ctx.config, ctx.config.hp_search
     epochs = search.trial_epochs or config.epochs
     trial_config = config.model_copy(
@@ -169,7 +197,7 @@ def run_trials(ctx: RunContext, models: TrialModels) -> optuna.Study:
     storage = optuna.storages.InMemoryStorage()
 
     def hp_space(trial: optuna.Trial) -> dict[str, float]:
-        suggest(trial, search)  # none is a TrainingArguments field: read back from trial.params
+        suggest(trial, space)  # none is a TrainingArguments field: read back from trial.params
         return {}
 
     trainer.hyperparameter_search(
@@ -225,12 +253,27 @@ def write_tables(ctx: RunContext, rows: list[dict[str, Any]], best: int) -> None
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def use_best(ctx: RunContext, study: optuna.Study) -> dict[str, Any]:
+def use_best(ctx: RunContext, study: optuna.Study, start_score: float) -> dict[str, Any]:
     """Put the best trial's values into ``ctx.config`` and ``ctx.model`` for the normal run; returns
-    ``metrics.json``'s ``hp_search``."""
+    ``metrics.json``'s ``hp_search``.
+
+    ``start_score`` is the starting model's :data:`METRIC` (a trial at WiSE-FT alpha 0). When the best
+    trial does not beat it (to 6 decimals), a warning is logged, ``beat_start`` is False and the searched
+    alpha is not imposed: the normal run chooses its alpha on the field validation photos
+    (``wise_ft_select``), so it saves the starting model unless its own training beats it.
+    """
     best = study.best_trial
+    beat_start = round(float(best.value), 6) > round(start_score, 6)
     update: dict[str, Any] = dict(best.params)
-    if "wise_ft_alpha" in update:
+    if not beat_start:
+        update.pop("wise_ft_alpha", None)
+        update["wise_ft_select"] = True
+        logger.warning(
+            f"hp_search: no trial beat the starting model on the field validation photos (best {METRIC} "
+            f"{best.value:.4f}, start {start_score:.4f}); the normal run keeps the starting model unless it "
+            "beats it; more trial epochs, other ranges or more field photos may help"
+        )
+    elif "wise_ft_alpha" in update:
         update["wise_ft_select"] = False  # the searched alpha is the one saved
     ctx.config = ctx.config.model_copy(update=update)
     set_margin_and_scale(ctx.model, ctx.config.arcface_margin, ctx.config.arcface_scale)
@@ -242,6 +285,8 @@ def use_best(ctx: RunContext, study: optuna.Study) -> dict[str, Any]:
         "metric": METRIC,
         "best_trial": best.number,
         "best_score": float(best.value),
+        "start_score": float(start_score),
+        "beat_start": beat_start,
         "params": dict(best.params),
         "trial_epochs": ctx.config.hp_search.trial_epochs or ctx.config.epochs,
         "tables": list(TABLE_FILES),
@@ -249,18 +294,20 @@ def use_best(ctx: RunContext, study: optuna.Study) -> dict[str, Any]:
 
 
 def search_hyperparameters(ctx: RunContext) -> None:
-    """Stage "hyperparameter search" when the config has ``hp_search`` (else nothing): the trials, their
-    table, and the best values in ``ctx.config``/``ctx.model``; the summary in ``ctx.hp_search``.
+    """Stage "hyperparameter search" when the config has ``hp_search`` (else nothing): the starting model's
+    score, the trials, their table, and the best values in ``ctx.config``/``ctx.model``; the summary in
+    ``ctx.hp_search``.
 
     Raises:
         DataInputError: no field validation photos (:func:`require_field_validation`).
     """
     if ctx.config.hp_search is None:
         return
-    require_field_validation(ctx)
+    validation = require_field_validation(ctx)
+    space = search_space(ctx.config)
+    start_score = field_mrr(ctx.embedder(), validation, ctx.caches.evaluation[validation.name])
     models = TrialModels(ctx)
-    study = run_trials(ctx, models)
-    names = list(ctx.config.hp_search.searched)
+    study = run_trials(ctx, models, space)
     if ctx.is_main:
-        write_tables(ctx, trial_rows(study, names), study.best_trial.number)
-    ctx.hp_search = use_best(ctx, study)
+        write_tables(ctx, trial_rows(study, list(space)), study.best_trial.number)
+    ctx.hp_search = use_best(ctx, study, start_score)

@@ -231,6 +231,13 @@ def _selection_and_calibration(
             f"- {values}: the best of a hyperparameter search of {search['n_trials']} trials (Optuna, "
             f"{search['metric']} {search['best_score']:.3f}; every trial in `hp_search.md`)."
         )
+        if search.get("beat_start") is False:
+            lines.append(
+                "- **Training did not beat the starting model on the field validation photos** in the "
+                f"hyperparameter search (best trial {search['best_score']:.3f}, starting model "
+                f"{search['start_score']:.3f}): the WiSE-FT alpha was then chosen on the field validation photos, "
+                "alpha 0 being the starting model (pretrained backbone, class-mean prototypes)."
+            )
     if metrics.get("best_model_metric"):
         lines.append(f"- The epoch with the best validation `{metrics['best_model_metric']}` was kept.")
     else:
@@ -251,7 +258,7 @@ def _selection_and_calibration(
             "alpha: "
             + ", ".join(f"{float(a):g}: {m:.3f}" for a, m in selection["validation_mrr"].items())
             + "): the saved weights are the starting model (pretrained backbone, class-mean prototypes) and "
-            'the fine-tuned weights were discarded, so the results below equal the "before training" ones.'
+            'the fine-tuned weights were discarded, so the results above equal the "before training" ones.'
         )
     elif selection:
         scores = ", ".join(f"{float(a):g}: {m:.3f}" for a, m in selection["validation_mrr"].items())

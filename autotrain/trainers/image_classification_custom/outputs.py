@@ -308,6 +308,22 @@ def _map_figure(ctx: RunContext, points: LabelledEmbeddings | None, described: s
     )
 
 
+def read_taxonomy(ctx: RunContext) -> tuple[dict[str, str], dict[str, str]] | None:
+    """``taxonomy_file`` read (``(genus, family)``, see ``read_taxonomy_csv``), or None without one; a
+    one-line warning names how many of the model's species it lacks (and the first few)."""
+    if not ctx.config.taxonomy_file:
+        return None
+    taxonomy = read_taxonomy_csv(ctx.config.taxonomy_file)
+    missing = E.species_missing(ctx.data.class_names, taxonomy[0])
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        logger.warning(
+            f"taxonomy_file {ctx.config.taxonomy_file!r} lacks {len(missing)} of the "
+            f"{len(ctx.data.class_names)} species ({shown}): their images are left out of the genus/family top-1"
+        )
+    return taxonomy
+
+
 def species_report(
     ctx: RunContext,
     raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -321,7 +337,7 @@ def species_report(
     out: dict[str, Any] = {}
     if ctx.evaluated:
         split = ctx.evaluated[-1]  # test when there is one
-        taxonomy = read_taxonomy_csv(ctx.config.taxonomy_file) if ctx.config.taxonomy_file else None
+        taxonomy = read_taxonomy(ctx)
         out.update(
             E.species_evaluation(
                 split.name,

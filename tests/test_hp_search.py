@@ -20,7 +20,8 @@ def _search_config(tmp_path: Path, make_tiny_dataset, make_tiny_timm, tiny_confi
     data = make_tiny_dataset(tmp_path / "data")
     model = make_tiny_timm(tmp_path / "tiny-timm")
     block = {"n_trials": 2, "trial_epochs": 1, **search}
-    return tiny_config("proj", str(data), str(model), tsne=False, hp_search=block)
+    # no head-only epoch, so that a 1-epoch trial trains the backbone and backbone_lr is searched
+    return tiny_config("proj", str(data), str(model), tsne=False, warmup_epochs=0, hp_search=block)
 
 
 @pytest.mark.slow

@@ -6,11 +6,12 @@ each a list of rows naming the image's relative ``path``, its split, label, a sc
 file bytes):
 
 - ``label_issues``: cleanlab's ``find_label_issues`` on out-of-fold predicted probabilities of a
-  logistic regression on the embeddings (``cross_val_predict``, stratified folds; see
-  :func:`find_label_issues`);
+  logistic regression on the embeddings (``cross_val_predict``, stratified folds), within each domain
+  (:data:`LABEL_RULE`; see :func:`find_label_issues`);
 - ``near_duplicates``: pairs whose embedding cosine similarity is at least ``duplicate_threshold`` and
   whose grey 16 x 16 thumbnails correlate at least ``LAYOUT_THRESHOLD`` (exact copies are already
-  dropped by the build's content hash); a pair across splits is flagged as leakage;
+  dropped by the build's content hash); a pair with two labels is a label conflict, else a pair across
+  splits is leakage;
 - ``outliers``: images far from every other image, by cleanlab's ``OutOfDistribution`` score (mean
   cosine distance to the k nearest neighbours) beyond Tukey's far-out fence (see :func:`find_outliers`).
 
@@ -33,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from data_prep.contract import (
+    DOMAIN_COLUMN,
+    DOMAINS,
     EMBEDDED_BACKBONE,
     IMAGE_COLUMN,
     LABEL_COLUMN,
@@ -55,6 +58,12 @@ MIN_CLASS_IMAGES = 3
 MAX_FOLDS = 5
 #: Below this out-of-fold accuracy the label check warns that its flags are unreliable.
 WEAK_ACCURACY = 0.6
+#: How the label check compares images (audit.json's ``parameters.label_issues.rule``).
+LABEL_RULE = (
+    "within each domain: herbarium sheets are checked against herbarium sheets and field photos against "
+    f"field photos (a species' few sheets look unlike its field photos, which is no label error); a class "
+    f"with fewer than {MIN_CLASS_IMAGES} images in a domain is not checked in that domain"
+)
 #: Side of the grey thumbnail whose correlation confirms a near-duplicate pair (see :func:`layout_signature`).
 SIGNATURE_SIDE = 16
 #: Thumbnail correlation at or above which a candidate pair is confirmed as a near-duplicate: the
@@ -72,6 +81,8 @@ class Embedded:
         paths, splits: ``(N,)`` relative paths and split names.
         labels: ``(N,)`` class ids; ``classes`` their names.
         source: how the vectors were made (for the report).
+        domains: ``(N,)`` domain ids (index into ``DOMAINS``); ``None``: all herbarium.
+        trained: the vectors come from a trained model (``--model``), not the ImageNet backbone.
     """
 
     vectors: np.ndarray
@@ -82,6 +93,12 @@ class Embedded:
     classes: list[str]
     source: str
     images: Any = field(default=None, repr=False)  # {split: Dataset} for thumbnails
+    domains: np.ndarray | None = None
+    trained: bool = False
+
+    def domain_ids(self) -> np.ndarray:
+        """``(N,)`` domain ids (all herbarium when unknown)."""
+        return self.domains if self.domains is not None else np.zeros(len(self.paths), int)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +214,7 @@ def embed_dataset(
 
     classes = list(next(iter(dsd.values())).features[LABEL_COLUMN].names)
     embed, spec, source = load_embedder(model_dir, classes, image_size)
-    chunks, signatures, paths, splits, labels = [], [], [], [], []
+    chunks, signatures, paths, splits, labels, domains = [], [], [], [], [], []
     bar = tqdm(total=sum(len(d) for d in dsd.values()), desc="embedding", unit="img", disable=not progress)
     with torch.inference_mode():
         for split, ds in dsd.items():
@@ -209,6 +226,7 @@ def embed_dataset(
                 signatures.append(signature)
                 paths += rows[PATH_COLUMN]
                 labels += rows[LABEL_COLUMN]
+                domains += rows[DOMAIN_COLUMN] if DOMAIN_COLUMN in rows else [0] * len(rows[PATH_COLUMN])
                 splits += [split] * len(rows[PATH_COLUMN])
                 bar.update(len(rows[PATH_COLUMN]))
     bar.close()
@@ -216,7 +234,16 @@ def embed_dataset(
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     signature = np.concatenate(signatures) if signatures else np.zeros((0, SIGNATURE_SIDE**2), np.float32)
     return Embedded(
-        vectors.astype(np.float32), signature, paths, splits, np.asarray(labels, int), classes, source, dsd
+        vectors.astype(np.float32),
+        signature,
+        paths,
+        splits,
+        np.asarray(labels, int),
+        classes,
+        source,
+        dsd,
+        domains=np.asarray(domains, int),
+        trained=model_dir is not None,
     )
 
 
@@ -257,29 +284,57 @@ def out_of_fold_probabilities(
 
 
 def find_label_issues(emb: Embedded, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Likely label errors: cleanlab ``find_label_issues`` on out-of-fold probabilities.
+    """Likely label errors: cleanlab ``find_label_issues`` on out-of-fold probabilities, within each domain.
 
-    Classes with fewer than :data:`MIN_CLASS_IMAGES` images are left out of the check (their images
-    are neither checked nor used as evidence); the folds are ``min(MAX_FOLDS, smallest class left)``.
+    Herbarium sheets are scored by a classifier fitted on herbarium sheets only, field photos by one on
+    field photos only (:data:`LABEL_RULE`): mixed, a species' single sheet among its field photos
+    looks mislabelled only because sheets look unlike photos. In each domain, classes with fewer than
+    :data:`MIN_CLASS_IMAGES` images there are left out (neither checked nor used as evidence); the folds
+    are ``min(MAX_FOLDS, smallest class left)``.
 
     Returns:
-        ``(rows ranked by self-confidence, notes)``: each row's ``score`` is the out-of-fold probability
-        of its given label, ``suggested`` the most probable class. ``notes`` says which classes were left
-        out and how many folds were used.
+        ``(rows, lowest score first; notes)``: a row's ``score`` is the out-of-fold probability of its
+        given label, ``suggested`` the most probable class, ``domain`` where it was checked. ``notes``
+        holds the rule, per domain the folds, accuracy and any warning (``domains``), and the classes
+        not checked in each domain (``classes_not_checked``).
     """
-    from cleanlab.filter import find_label_issues as cleanlab_issues
-
-    counts = Counter(emb.labels.tolist())
-    kept_classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_IMAGES)
     notes: dict[str, Any] = {
+        "rule": LABEL_RULE,
         "classifier": "StandardScaler + LogisticRegression(C=0.1), cross_val_predict, stratified folds",
         "min_class_images": MIN_CLASS_IMAGES,
+        "domains": {},
+        "classes_not_checked": {},
+        "warnings": [],
+    }
+    rows: list[dict[str, Any]] = []
+    domain_ids = emb.domain_ids()
+    for number, domain in enumerate(DOMAINS):
+        index = np.flatnonzero(domain_ids == number)
+        if len(index):
+            found, domain_notes = _label_issues_within(emb, index, seed)
+            rows += [row | {"domain": domain} for row in found]
+            notes["classes_not_checked"][domain] = domain_notes.pop("classes_not_checked")
+            notes["warnings"] += [f"{domain}: {domain_notes['warning']}"] if "warning" in domain_notes else []
+            notes["domains"][domain] = domain_notes
+    return sorted(rows, key=lambda row: row["score"]), notes
+
+
+def _label_issues_within(
+    emb: Embedded, index: np.ndarray, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`find_label_issues` for the images ``index`` (one domain): ``(rows, notes)``."""
+    from cleanlab.filter import find_label_issues as cleanlab_issues
+
+    counts = Counter(emb.labels[index].tolist())
+    kept_classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_IMAGES)
+    notes: dict[str, Any] = {
+        "images": len(index),
         "classes_not_checked": sorted(emb.classes[c] for c, n in counts.items() if n < MIN_CLASS_IMAGES),
     }
     if len(kept_classes) < 2:
         notes["skipped"] = f"fewer than 2 classes with at least {MIN_CLASS_IMAGES} images: nothing to check"
         return [], notes
-    index = np.flatnonzero(np.isin(emb.labels, kept_classes))
+    index = index[np.isin(emb.labels[index], kept_classes)]
     remap = {c: i for i, c in enumerate(kept_classes)}
     labels = np.asarray([remap[c] for c in emb.labels[index]])
     notes["folds"] = folds = min(MAX_FOLDS, min(counts[c] for c in kept_classes))
@@ -287,7 +342,10 @@ def find_label_issues(emb: Embedded, seed: int = 0) -> tuple[list[dict[str, Any]
     notes["out_of_fold_accuracy"] = accuracy = round(float((probs.argmax(1) == labels).mean()), 4)
     if accuracy < WEAK_ACCURACY:
         notes["warning"] = (
-            f"out-of-fold accuracy {accuracy:.2f}: the embeddings barely separate the species, so most "
+            f"out-of-fold accuracy {accuracy:.2f}: the model's embeddings do not separate the species well "
+            "enough for the label check, so most flags are likely false"
+            if emb.trained
+            else f"out-of-fold accuracy {accuracy:.2f}: the embeddings barely separate the species, so most "
             "flags are likely false; audit with a trained model (--model) for a useful label check"
         )
     with warnings.catch_warnings():
@@ -322,7 +380,9 @@ def find_near_duplicates(
 
     Each row is the image suggested for exclusion (``path``): for a pair across splits the training
     copy, as the build does with exact leakage (``leakage: true``); within a split the later path. The
-    other image is ``other_path``/``other_split``; ``layout`` is the thumbnail correlation.
+    other image is ``other_path``/``other_split``/``other_label``; ``layout`` is the thumbnail
+    correlation. A pair whose two images have different labels is a ``label_conflict`` (not leakage):
+    one label is wrong, and a human must decide which, so neither image is excluded.
     """
     order = {"test": 0, "validation": 1, "train": 2}
     rows = []
@@ -331,12 +391,25 @@ def find_near_duplicates(
         if layout < layout_threshold:
             continue
         keep, drop = sorted((i, j), key=lambda k: (order.get(emb.splits[k], 3), emb.paths[k]))
-        leakage = emb.splits[i] != emb.splits[j]
+        conflict = emb.labels[i] != emb.labels[j]
+        leakage = emb.splits[i] != emb.splits[j] and not conflict
         where = (
-            f"across splits ({emb.splits[keep]} / {emb.splits[drop]}): leakage" if leakage else "same split"
+            f"across splits ({emb.splits[keep]} / {emb.splits[drop]})"
+            if emb.splits[i] != emb.splits[j]
+            else "same split"
         )
+        if conflict:
+            where += f", labels differ ({emb.classes[emb.labels[keep]]} / {emb.classes[emb.labels[drop]]}): label conflict"
+        elif leakage:
+            where += ": leakage"
         reason = f"cosine {sim:.3f}, thumbnail correlation {layout:.3f} with {emb.paths[keep]}, {where}"
-        extra = {"other_path": emb.paths[keep], "other_split": emb.splits[keep], "leakage": leakage}
+        extra = {
+            "other_path": emb.paths[keep],
+            "other_split": emb.splits[keep],
+            "other_label": emb.classes[emb.labels[keep]],
+            "leakage": leakage,
+            "label_conflict": bool(conflict),
+        }
         rows.append(_row(emb, drop, sim, reason, layout=round(layout, 4), **extra))
     return rows
 
@@ -422,6 +495,8 @@ def audit_dataset(
 
     if model is not None and not Path(model).is_dir():
         raise DataPrepError(f"{model}: model folder not found")
+    if model is not None and not (Path(model) / "config.json").is_file():
+        raise DataPrepError(f"{model}: is not a model folder (no config.json)")
     dsd = load_dataset_folder(dataset)
     emb = embed_dataset(dsd, model, batch_size=batch_size, progress=progress, image_size=image_size)
     audit = {"dataset": str(dataset)} | find_all(emb, duplicate_threshold, seed)
@@ -435,6 +510,8 @@ def find_all(
     emb: Embedded, duplicate_threshold: float = DUPLICATE_THRESHOLD, seed: int = 0
 ) -> dict[str, Any]:
     """The three finding kinds for embedded images, with their parameters and counts (``audit.json``'s body)."""
+    from data_prep.audit_report import EXCLUDE_RULE, exclusion_plan
+
     labels, label_notes = find_label_issues(emb, seed)
     outliers, outlier_notes = find_outliers(emb)
     findings = {
@@ -442,8 +519,11 @@ def find_all(
         "near_duplicates": find_near_duplicates(emb, duplicate_threshold),
         "outliers": outliers,
     }
+    exclude, not_excluded = exclusion_plan(emb, findings)
     counts = {kind: len(rows) for kind, rows in findings.items()}
     counts["leakage_pairs"] = sum(r["leakage"] for r in findings["near_duplicates"])
+    counts["label_conflicts"] = sum(r["label_conflict"] for r in findings["near_duplicates"])
+    counts |= {"excluded": len(exclude), "not_excluded": len(not_excluded)}
     return {
         "embeddings": emb.source,
         "images": len(emb.paths),
@@ -455,7 +535,10 @@ def find_all(
                 "thumbnail": f"{SIGNATURE_SIDE}x{SIGNATURE_SIDE} grey, mean removed",
             },
             "outliers": outlier_notes,
+            "exclude": EXCLUDE_RULE,
         },
         "findings": findings,
         "counts": counts,
+        "exclude": exclude,
+        "not_excluded": not_excluded,
     }

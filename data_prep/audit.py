@@ -7,7 +7,7 @@ file bytes):
 
 - ``label_issues``: cleanlab's ``find_label_issues`` on out-of-fold predicted probabilities of a
   logistic regression on the embeddings (``cross_val_predict``, stratified folds), within each domain
-  (:data:`LABEL_RULE`; see :func:`find_label_issues`);
+  (:mod:`data_prep.audit_labels`);
 - ``near_duplicates``: pairs whose embedding cosine similarity is at least ``duplicate_threshold`` and
   whose grey 16 x 16 thumbnails correlate at least ``LAYOUT_THRESHOLD`` (exact copies are already
   dropped by the build's content hash); a pair with two labels is a label conflict, else a pair across
@@ -25,7 +25,6 @@ or, without one, from the pooled features of the embedded ImageNet backbone
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.audit_labels import find_label_issues
 from data_prep.contract import (
     DOMAIN_COLUMN,
-    DOMAINS,
     EMBEDDED_BACKBONE,
     IMAGE_COLUMN,
     LABEL_COLUMN,
@@ -53,17 +52,6 @@ DUPLICATE_THRESHOLD = 0.90
 OUTLIER_NEIGHBOURS = 5
 #: Tukey's fence: an image is an outlier when its outlier distance is above Q3 + FENCE * IQR.
 OUTLIER_FENCE = 1.5
-#: A class needs at least this many images to take part in the label check (one per fold, 2 folds).
-MIN_CLASS_IMAGES = 3
-MAX_FOLDS = 5
-#: Below this out-of-fold accuracy the label check warns that its flags are unreliable.
-WEAK_ACCURACY = 0.6
-#: How the label check compares images (audit.json's ``parameters.label_issues.rule``).
-LABEL_RULE = (
-    "within each domain: herbarium sheets are checked against herbarium sheets and field photos against "
-    f"field photos (a species' few sheets look unlike its field photos, which is no label error); a class "
-    f"with fewer than {MIN_CLASS_IMAGES} images in a domain is not checked in that domain"
-)
 #: Side of the grey thumbnail whose correlation confirms a near-duplicate pair (see :func:`layout_signature`).
 SIGNATURE_SIDE = 16
 #: Thumbnail correlation at or above which a candidate pair is confirmed as a near-duplicate: the
@@ -95,6 +83,17 @@ class Embedded:
     images: Any = field(default=None, repr=False)  # {split: Dataset} for thumbnails
     domains: np.ndarray | None = None
     trained: bool = False
+
+    def row(self, i: int, score: float, reason: str, **extra: Any) -> dict[str, Any]:
+        """A finding row for image ``i``: its ``path``, ``split``, ``label``, ``score`` (4 decimals), ``reason``."""
+        return {
+            "path": self.paths[i],
+            "split": self.splits[i],
+            "label": self.classes[int(self.labels[i])],
+            "score": round(float(score), 4),
+            "reason": reason,
+            **extra,
+        }
 
     def domain_ids(self) -> np.ndarray:
         """``(N,)`` domain ids (all herbarium when unknown)."""
@@ -252,114 +251,6 @@ def embed_dataset(
 # ------------------------------------------------------------------------------------------------
 
 
-def _row(emb: Embedded, i: int, score: float, reason: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "path": emb.paths[i],
-        "split": emb.splits[i],
-        "label": emb.classes[int(emb.labels[i])],
-        "score": round(float(score), 4),
-        "reason": reason,
-        **extra,
-    }
-
-
-def out_of_fold_probabilities(
-    vectors: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0
-) -> np.ndarray:
-    """``(N, C)`` out-of-fold class probabilities of a logistic regression on ``vectors``.
-
-    Args:
-        vectors: ``(N, D)`` embeddings.
-        labels: ``(N,)`` class ids ``0..C-1``, each class with at least ``folds`` images.
-        folds: stratified folds (shuffled with ``seed``).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(classifier, vectors, labels, cv=splitter, method="predict_proba")
-
-
-def find_label_issues(emb: Embedded, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Likely label errors: cleanlab ``find_label_issues`` on out-of-fold probabilities, within each domain.
-
-    Herbarium sheets are scored by a classifier fitted on herbarium sheets only, field photos by one on
-    field photos only (:data:`LABEL_RULE`): mixed, a species' single sheet among its field photos
-    looks mislabelled only because sheets look unlike photos. In each domain, classes with fewer than
-    :data:`MIN_CLASS_IMAGES` images there are left out (neither checked nor used as evidence); the folds
-    are ``min(MAX_FOLDS, smallest class left)``.
-
-    Returns:
-        ``(rows, lowest score first; notes)``: a row's ``score`` is the out-of-fold probability of its
-        given label, ``suggested`` the most probable class, ``domain`` where it was checked. ``notes``
-        holds the rule, per domain the folds, accuracy and any warning (``domains``), and the classes
-        not checked in each domain (``classes_not_checked``).
-    """
-    notes: dict[str, Any] = {
-        "rule": LABEL_RULE,
-        "classifier": "StandardScaler + LogisticRegression(C=0.1), cross_val_predict, stratified folds",
-        "min_class_images": MIN_CLASS_IMAGES,
-        "domains": {},
-        "classes_not_checked": {},
-        "warnings": [],
-    }
-    rows: list[dict[str, Any]] = []
-    domain_ids = emb.domain_ids()
-    for number, domain in enumerate(DOMAINS):
-        index = np.flatnonzero(domain_ids == number)
-        if len(index):
-            found, domain_notes = _label_issues_within(emb, index, seed)
-            rows += [row | {"domain": domain} for row in found]
-            notes["classes_not_checked"][domain] = domain_notes.pop("classes_not_checked")
-            notes["warnings"] += [f"{domain}: {domain_notes['warning']}"] if "warning" in domain_notes else []
-            notes["domains"][domain] = domain_notes
-    return sorted(rows, key=lambda row: row["score"]), notes
-
-
-def _label_issues_within(
-    emb: Embedded, index: np.ndarray, seed: int
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`find_label_issues` for the images ``index`` (one domain): ``(rows, notes)``."""
-    from cleanlab.filter import find_label_issues as cleanlab_issues
-
-    counts = Counter(emb.labels[index].tolist())
-    kept_classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_IMAGES)
-    notes: dict[str, Any] = {
-        "images": len(index),
-        "classes_not_checked": sorted(emb.classes[c] for c, n in counts.items() if n < MIN_CLASS_IMAGES),
-    }
-    if len(kept_classes) < 2:
-        notes["skipped"] = f"fewer than 2 classes with at least {MIN_CLASS_IMAGES} images: nothing to check"
-        return [], notes
-    index = index[np.isin(emb.labels[index], kept_classes)]
-    remap = {c: i for i, c in enumerate(kept_classes)}
-    labels = np.asarray([remap[c] for c in emb.labels[index]])
-    notes["folds"] = folds = min(MAX_FOLDS, min(counts[c] for c in kept_classes))
-    probs = out_of_fold_probabilities(emb.vectors[index], labels, folds, seed)
-    notes["out_of_fold_accuracy"] = accuracy = round(float((probs.argmax(1) == labels).mean()), 4)
-    if accuracy < WEAK_ACCURACY:
-        notes["warning"] = (
-            f"out-of-fold accuracy {accuracy:.2f}: the model's embeddings do not separate the species well "
-            "enough for the label check, so most flags are likely false"
-            if emb.trained
-            else f"out-of-fold accuracy {accuracy:.2f}: the embeddings barely separate the species, so most "
-            "flags are likely false; audit with a trained model (--model) for a useful label check"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ranked = cleanlab_issues(labels, probs, return_indices_ranked_by="self_confidence")
-    rows = []
-    for j in ranked:
-        best = int(np.argmax(probs[j]))
-        suggested = emb.classes[kept_classes[best]]
-        reason = f"out-of-fold p(given label)={probs[j, labels[j]]:.2f}; most likely {suggested} ({probs[j, best]:.2f})"
-        rows.append(_row(emb, int(index[j]), probs[j, labels[j]], reason, suggested=suggested))
-    return rows, notes
-
-
 def _pairs_above(vectors: np.ndarray, threshold: float, block: int = 1024) -> list[tuple[int, int, float]]:
     """``[(i, j, cosine)]`` with ``i < j`` and ``cosine >= threshold`` (blockwise: memory O(block * N))."""
     pairs = []
@@ -410,7 +301,7 @@ def find_near_duplicates(
             "leakage": leakage,
             "label_conflict": bool(conflict),
         }
-        rows.append(_row(emb, drop, sim, reason, layout=round(layout, 4), **extra))
+        rows.append(emb.row(drop, sim, reason, layout=round(layout, 4), **extra))
     return rows
 
 
@@ -453,7 +344,7 @@ def find_outliers(
     notes |= {"cutoff": round(cutoff, 4), "quartiles": [round(float(q1), 4), round(float(q3), 4)]}
     flagged = sorted(np.flatnonzero(distances > cutoff), key=lambda i: -distances[i])
     reason = "outlier distance {:.3f} > cut-off {:.3f}"
-    return [_row(emb, int(i), distances[i], reason.format(distances[i], cutoff)) for i in flagged], notes
+    return [emb.row(int(i), distances[i], reason.format(distances[i], cutoff)) for i in flagged], notes
 
 
 def default_out(dataset: str | Path) -> Path:

@@ -31,6 +31,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,11 @@ def diagnostics(emb: Any, truth: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _why(reason: str) -> str:
+    """A not-excluded reason without the path or species it names (for counting)."""
+    return reason.split(" with ")[0].split(":")[0].removesuffix(" of").rsplit(" of ", 1)[0]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results table (one row per finding kind) and the set-up line."""
     s = result["setup"]
@@ -215,10 +221,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {kind} | {r['flagged']} | {r['injected']} | {r['true_positives']} | {r['precision']} | {r['recall']} |"
         )
     li = result["scores"]["label_issues"]
+    accuracy = ", ".join(
+        f"{domain} {notes.get('out_of_fold_accuracy', 'not checked')} ({notes.get('folds', 0)} folds)"
+        for domain, notes in result["label_check"]["domains"].items()
+    )
+    kept = result["exclusion"]["not_excluded_reasons"]
     lines += [
         "",
-        f"label_issues: out-of-fold accuracy of the classifier on the embeddings "
-        f"{result['label_check']['out_of_fold_accuracy']} ({result['label_check']['folds']} folds).",
+        f"label_issues: checked within each domain; out-of-fold accuracy of the classifier on the embeddings: {accuracy}.",
+        f"exclude.txt lists {result['exclusion']['listed']} images; flagged but kept out: "
+        + (", ".join(f"{n} ({why})" for why, n in kept.items()) or "none")
+        + ".",
         f"label_issues: {li['flagged_off_topic']} of the flagged are off-topic images (counted as false "
         f"positives above); the suggested label is the true species for {li['suggested_true_species']} of the "
         f"{li['true_positives']} found swaps.",
@@ -274,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "setup": setup,
         "label_check": audit["parameters"]["label_issues"],
+        "exclusion": {
+            "listed": len(audit["exclude"]),
+            "not_excluded_reasons": dict(Counter(_why(r["reason"]) for r in audit["not_excluded"])),
+        },
         "scores": score(audit, truth, dict(zip(emb.paths, emb.splits))),
         "diagnostics": diagnostics(emb, truth),
         "truth": truth,

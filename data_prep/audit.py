@@ -6,11 +6,12 @@ each a list of rows naming the image's relative ``path``, its split, label, a sc
 file bytes):
 
 - ``label_issues``: cleanlab's ``find_label_issues`` on out-of-fold predicted probabilities of a
-  logistic regression on the embeddings (``cross_val_predict``, stratified folds; see
-  :func:`find_label_issues`);
+  logistic regression on the embeddings (``cross_val_predict``, stratified folds), within each domain
+  (:mod:`data_prep.audit_labels`);
 - ``near_duplicates``: pairs whose embedding cosine similarity is at least ``duplicate_threshold`` and
   whose grey 16 x 16 thumbnails correlate at least ``LAYOUT_THRESHOLD`` (exact copies are already
-  dropped by the build's content hash); a pair across splits is flagged as leakage;
+  dropped by the build's content hash); a pair with two labels is a label conflict, else a pair across
+  splits is leakage;
 - ``outliers``: images far from every other image, by cleanlab's ``OutOfDistribution`` score (mean
   cosine distance to the k nearest neighbours) beyond Tukey's far-out fence (see :func:`find_outliers`).
 
@@ -24,7 +25,6 @@ or, without one, from the pooled features of the embedded ImageNet backbone
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.audit_labels import find_label_issues
 from data_prep.contract import (
+    DOMAIN_COLUMN,
     EMBEDDED_BACKBONE,
     IMAGE_COLUMN,
     LABEL_COLUMN,
@@ -50,11 +52,6 @@ DUPLICATE_THRESHOLD = 0.90
 OUTLIER_NEIGHBOURS = 5
 #: Tukey's fence: an image is an outlier when its outlier distance is above Q3 + FENCE * IQR.
 OUTLIER_FENCE = 1.5
-#: A class needs at least this many images to take part in the label check (one per fold, 2 folds).
-MIN_CLASS_IMAGES = 3
-MAX_FOLDS = 5
-#: Below this out-of-fold accuracy the label check warns that its flags are unreliable.
-WEAK_ACCURACY = 0.6
 #: Side of the grey thumbnail whose correlation confirms a near-duplicate pair (see :func:`layout_signature`).
 SIGNATURE_SIDE = 16
 #: Thumbnail correlation at or above which a candidate pair is confirmed as a near-duplicate: the
@@ -72,6 +69,8 @@ class Embedded:
         paths, splits: ``(N,)`` relative paths and split names.
         labels: ``(N,)`` class ids; ``classes`` their names.
         source: how the vectors were made (for the report).
+        domains: ``(N,)`` domain ids (index into ``DOMAINS``); ``None``: all herbarium.
+        trained: the vectors come from a trained model (``--model``), not the ImageNet backbone.
     """
 
     vectors: np.ndarray
@@ -82,6 +81,23 @@ class Embedded:
     classes: list[str]
     source: str
     images: Any = field(default=None, repr=False)  # {split: Dataset} for thumbnails
+    domains: np.ndarray | None = None
+    trained: bool = False
+
+    def row(self, i: int, score: float, reason: str, **extra: Any) -> dict[str, Any]:
+        """A finding row for image ``i``: its ``path``, ``split``, ``label``, ``score`` (4 decimals), ``reason``."""
+        return {
+            "path": self.paths[i],
+            "split": self.splits[i],
+            "label": self.classes[int(self.labels[i])],
+            "score": round(float(score), 4),
+            "reason": reason,
+            **extra,
+        }
+
+    def domain_ids(self) -> np.ndarray:
+        """``(N,)`` domain ids (all herbarium when unknown)."""
+        return self.domains if self.domains is not None else np.zeros(len(self.paths), int)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +213,7 @@ def embed_dataset(
 
     classes = list(next(iter(dsd.values())).features[LABEL_COLUMN].names)
     embed, spec, source = load_embedder(model_dir, classes, image_size)
-    chunks, signatures, paths, splits, labels = [], [], [], [], []
+    chunks, signatures, paths, splits, labels, domains = [], [], [], [], [], []
     bar = tqdm(total=sum(len(d) for d in dsd.values()), desc="embedding", unit="img", disable=not progress)
     with torch.inference_mode():
         for split, ds in dsd.items():
@@ -209,6 +225,7 @@ def embed_dataset(
                 signatures.append(signature)
                 paths += rows[PATH_COLUMN]
                 labels += rows[LABEL_COLUMN]
+                domains += rows[DOMAIN_COLUMN] if DOMAIN_COLUMN in rows else [0] * len(rows[PATH_COLUMN])
                 splits += [split] * len(rows[PATH_COLUMN])
                 bar.update(len(rows[PATH_COLUMN]))
     bar.close()
@@ -216,90 +233,22 @@ def embed_dataset(
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     signature = np.concatenate(signatures) if signatures else np.zeros((0, SIGNATURE_SIDE**2), np.float32)
     return Embedded(
-        vectors.astype(np.float32), signature, paths, splits, np.asarray(labels, int), classes, source, dsd
+        vectors.astype(np.float32),
+        signature,
+        paths,
+        splits,
+        np.asarray(labels, int),
+        classes,
+        source,
+        dsd,
+        domains=np.asarray(domains, int),
+        trained=model_dir is not None,
     )
 
 
 # ------------------------------------------------------------------------------------------------
 # Findings
 # ------------------------------------------------------------------------------------------------
-
-
-def _row(emb: Embedded, i: int, score: float, reason: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "path": emb.paths[i],
-        "split": emb.splits[i],
-        "label": emb.classes[int(emb.labels[i])],
-        "score": round(float(score), 4),
-        "reason": reason,
-        **extra,
-    }
-
-
-def out_of_fold_probabilities(
-    vectors: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0
-) -> np.ndarray:
-    """``(N, C)`` out-of-fold class probabilities of a logistic regression on ``vectors``.
-
-    Args:
-        vectors: ``(N, D)`` embeddings.
-        labels: ``(N,)`` class ids ``0..C-1``, each class with at least ``folds`` images.
-        folds: stratified folds (shuffled with ``seed``).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(classifier, vectors, labels, cv=splitter, method="predict_proba")
-
-
-def find_label_issues(emb: Embedded, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Likely label errors: cleanlab ``find_label_issues`` on out-of-fold probabilities.
-
-    Classes with fewer than :data:`MIN_CLASS_IMAGES` images are left out of the check (their images
-    are neither checked nor used as evidence); the folds are ``min(MAX_FOLDS, smallest class left)``.
-
-    Returns:
-        ``(rows ranked by self-confidence, notes)``: each row's ``score`` is the out-of-fold probability
-        of its given label, ``suggested`` the most probable class. ``notes`` says which classes were left
-        out and how many folds were used.
-    """
-    from cleanlab.filter import find_label_issues as cleanlab_issues
-
-    counts = Counter(emb.labels.tolist())
-    kept_classes = sorted(c for c, n in counts.items() if n >= MIN_CLASS_IMAGES)
-    notes: dict[str, Any] = {
-        "classifier": "StandardScaler + LogisticRegression(C=0.1), cross_val_predict, stratified folds",
-        "min_class_images": MIN_CLASS_IMAGES,
-        "classes_not_checked": sorted(emb.classes[c] for c, n in counts.items() if n < MIN_CLASS_IMAGES),
-    }
-    if len(kept_classes) < 2:
-        notes["skipped"] = f"fewer than 2 classes with at least {MIN_CLASS_IMAGES} images: nothing to check"
-        return [], notes
-    index = np.flatnonzero(np.isin(emb.labels, kept_classes))
-    remap = {c: i for i, c in enumerate(kept_classes)}
-    labels = np.asarray([remap[c] for c in emb.labels[index]])
-    notes["folds"] = folds = min(MAX_FOLDS, min(counts[c] for c in kept_classes))
-    probs = out_of_fold_probabilities(emb.vectors[index], labels, folds, seed)
-    notes["out_of_fold_accuracy"] = accuracy = round(float((probs.argmax(1) == labels).mean()), 4)
-    if accuracy < WEAK_ACCURACY:
-        notes["warning"] = (
-            f"out-of-fold accuracy {accuracy:.2f}: the embeddings barely separate the species, so most "
-            "flags are likely false; audit with a trained model (--model) for a useful label check"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ranked = cleanlab_issues(labels, probs, return_indices_ranked_by="self_confidence")
-    rows = []
-    for j in ranked:
-        best = int(np.argmax(probs[j]))
-        suggested = emb.classes[kept_classes[best]]
-        reason = f"out-of-fold p(given label)={probs[j, labels[j]]:.2f}; most likely {suggested} ({probs[j, best]:.2f})"
-        rows.append(_row(emb, int(index[j]), probs[j, labels[j]], reason, suggested=suggested))
-    return rows, notes
 
 
 def _pairs_above(vectors: np.ndarray, threshold: float, block: int = 1024) -> list[tuple[int, int, float]]:
@@ -322,7 +271,9 @@ def find_near_duplicates(
 
     Each row is the image suggested for exclusion (``path``): for a pair across splits the training
     copy, as the build does with exact leakage (``leakage: true``); within a split the later path. The
-    other image is ``other_path``/``other_split``; ``layout`` is the thumbnail correlation.
+    other image is ``other_path``/``other_split``/``other_label``; ``layout`` is the thumbnail
+    correlation. A pair whose two images have different labels is a ``label_conflict`` (not leakage):
+    one label is wrong, and a human must decide which, so neither image is excluded.
     """
     order = {"test": 0, "validation": 1, "train": 2}
     rows = []
@@ -331,13 +282,26 @@ def find_near_duplicates(
         if layout < layout_threshold:
             continue
         keep, drop = sorted((i, j), key=lambda k: (order.get(emb.splits[k], 3), emb.paths[k]))
-        leakage = emb.splits[i] != emb.splits[j]
+        conflict = emb.labels[i] != emb.labels[j]
+        leakage = emb.splits[i] != emb.splits[j] and not conflict
         where = (
-            f"across splits ({emb.splits[keep]} / {emb.splits[drop]}): leakage" if leakage else "same split"
+            f"across splits ({emb.splits[keep]} / {emb.splits[drop]})"
+            if emb.splits[i] != emb.splits[j]
+            else "same split"
         )
+        if conflict:
+            where += f", labels differ ({emb.classes[emb.labels[keep]]} / {emb.classes[emb.labels[drop]]}): label conflict"
+        elif leakage:
+            where += ": leakage"
         reason = f"cosine {sim:.3f}, thumbnail correlation {layout:.3f} with {emb.paths[keep]}, {where}"
-        extra = {"other_path": emb.paths[keep], "other_split": emb.splits[keep], "leakage": leakage}
-        rows.append(_row(emb, drop, sim, reason, layout=round(layout, 4), **extra))
+        extra = {
+            "other_path": emb.paths[keep],
+            "other_split": emb.splits[keep],
+            "other_label": emb.classes[emb.labels[keep]],
+            "leakage": leakage,
+            "label_conflict": bool(conflict),
+        }
+        rows.append(emb.row(drop, sim, reason, layout=round(layout, 4), **extra))
     return rows
 
 
@@ -380,7 +344,7 @@ def find_outliers(
     notes |= {"cutoff": round(cutoff, 4), "quartiles": [round(float(q1), 4), round(float(q3), 4)]}
     flagged = sorted(np.flatnonzero(distances > cutoff), key=lambda i: -distances[i])
     reason = "outlier distance {:.3f} > cut-off {:.3f}"
-    return [_row(emb, int(i), distances[i], reason.format(distances[i], cutoff)) for i in flagged], notes
+    return [emb.row(int(i), distances[i], reason.format(distances[i], cutoff)) for i in flagged], notes
 
 
 def default_out(dataset: str | Path) -> Path:
@@ -422,6 +386,8 @@ def audit_dataset(
 
     if model is not None and not Path(model).is_dir():
         raise DataPrepError(f"{model}: model folder not found")
+    if model is not None and not (Path(model) / "config.json").is_file():
+        raise DataPrepError(f"{model}: is not a model folder (no config.json)")
     dsd = load_dataset_folder(dataset)
     emb = embed_dataset(dsd, model, batch_size=batch_size, progress=progress, image_size=image_size)
     audit = {"dataset": str(dataset)} | find_all(emb, duplicate_threshold, seed)
@@ -435,6 +401,8 @@ def find_all(
     emb: Embedded, duplicate_threshold: float = DUPLICATE_THRESHOLD, seed: int = 0
 ) -> dict[str, Any]:
     """The three finding kinds for embedded images, with their parameters and counts (``audit.json``'s body)."""
+    from data_prep.audit_report import EXCLUDE_RULE, exclusion_plan
+
     labels, label_notes = find_label_issues(emb, seed)
     outliers, outlier_notes = find_outliers(emb)
     findings = {
@@ -442,8 +410,11 @@ def find_all(
         "near_duplicates": find_near_duplicates(emb, duplicate_threshold),
         "outliers": outliers,
     }
+    exclude, not_excluded = exclusion_plan(emb, findings)
     counts = {kind: len(rows) for kind, rows in findings.items()}
     counts["leakage_pairs"] = sum(r["leakage"] for r in findings["near_duplicates"])
+    counts["label_conflicts"] = sum(r["label_conflict"] for r in findings["near_duplicates"])
+    counts |= {"excluded": len(exclude), "not_excluded": len(not_excluded)}
     return {
         "embeddings": emb.source,
         "images": len(emb.paths),
@@ -455,7 +426,10 @@ def find_all(
                 "thumbnail": f"{SIGNATURE_SIDE}x{SIGNATURE_SIDE} grey, mean removed",
             },
             "outliers": outlier_notes,
+            "exclude": EXCLUDE_RULE,
         },
         "findings": findings,
         "counts": counts,
+        "exclude": exclude,
+        "not_excluded": not_excluded,
     }

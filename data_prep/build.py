@@ -27,7 +27,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from data_prep.audit_report import read_exclude_list
+from data_prep.audit_report import normalise_exclude_paths, read_exclude_list
 from data_prep.contract import DOMAINS, dataset_features, is_saved_dataset_dict
 from data_prep.figures import save_balance_figure
 from data_prep.filetype import describe_file, scrub_detail
@@ -109,8 +109,9 @@ def build_dataset(
         seed: seed of the validation draw.
         strict: raise :class:`StrictModeError` (after writing the dataset and report) if anything
             was reported.
-        exclude: a file listing paths (relative to ``source``) to leave out, one a line, ``#`` comments
-            (e.g. the ``exclude.txt`` of ``data_prep audit``); each is reported as ``excluded``.
+        exclude: a file listing paths (relative to ``source``, ``./`` allowed, or absolute under it) to
+            leave out, one a line, ``#`` comments (e.g. the ``exclude.txt`` of ``data_prep audit``); each
+            is reported as ``excluded``; ``settings.exclude`` records the file's absolute path.
         progress: show tqdm bars.
 
     Returns:
@@ -127,8 +128,8 @@ def build_dataset(
     disc = discover(source, layout)
     settings_exclude = {}
     if exclude is not None:
-        disc.exclude(read_exclude_list(exclude), Path(exclude).name)
-        settings_exclude = {"exclude": str(exclude)}
+        disc.exclude(normalise_exclude_paths(read_exclude_list(exclude), disc.root), Path(exclude).name)
+        settings_exclude = {"exclude": str(Path(exclude).resolve())}
     if not disc.entries:
         raise DataPrepError(f"no image files found in {disc.root} ({disc.layout} layout)")
     options = {"max_side": max_side, "min_side": min_side, "quality": quality}

@@ -77,8 +77,11 @@ def test_finds_the_swapped_labels(audited):
     for path, true_species in SWAPPED.items():
         assert rows[path]["suggested"] == true_species
         assert rows[path]["split"] == "train" and rows[path]["score"] < 0.5
-    assert audit["parameters"]["label_issues"]["folds"] == 5  # 10 sheets + 3 photos per species
-    assert audit["parameters"]["label_issues"]["classes_not_checked"] == []
+    notes = audit["parameters"]["label_issues"]
+    assert notes["domains"]["herbarium"]["folds"] == 5  # 10 sheets per species
+    assert notes["domains"]["field"]["folds"] == 3  # 3 test photos per species
+    assert notes["classes_not_checked"] == {"herbarium": [], "field": []}
+    assert "within each domain" in notes["rule"]
 
 
 @pytest.mark.slow
@@ -112,6 +115,9 @@ def test_report_and_exclusion_list(audited):
     listed = [line for line in lines if not line.startswith("#")]
     assert len(listed) == len(set(listed))
     assert set(SWAPPED) | {DUPLICATE[0], OFF_TOPIC} <= set(listed)
+    assert not any(path.startswith("test/") for path in listed)  # never test-split images
+    assert "inflate test scores" in "\n".join(lines[:8])
+    assert "<ul class='params'>" in page and "&quot;" not in page.split("<table>")[0]  # readable parameters
     for rows in audit["findings"].values():  # paths and words only, never bytes
         assert all(set(r) >= {"path", "split", "label", "score", "reason"} for r in rows)
 
@@ -134,7 +140,7 @@ def test_exclude_round_trips_through_build(audited, tmp_path):
     ]
     total = sum(split["total"] for split in report["splits"].values())
     assert total == sum(1 for p in root.rglob("*.png")) - len(listed)
-    assert report["settings"]["exclude"] == str(exclude)
+    assert report["settings"]["exclude"] == str(exclude.resolve())
 
 
 @pytest.mark.slow
@@ -170,7 +176,7 @@ def test_not_a_model_folder_is_one_line(tmp_path, capsys, make_tiny_dataset):
     capsys.readouterr()  # the dataset's own progress bars
     assert main(["audit", str(data), "--model", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "no config.json" in err and "\n" not in err
+    assert "is not a model folder (no config.json)" in err and "\n" not in err
 
 
 def test_unreadable_exclude_file_is_one_line(tmp_path, capsys):
@@ -180,3 +186,110 @@ def test_unreadable_exclude_file_is_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert "nope.txt" in err and "exclusion list cannot be read" in err and "\n" not in err
+
+
+def _embedded(vectors, labels, splits, domains, classes, signatures=None):
+    """A hand-made :class:`Embedded` (paths ``split/class/i.png``) for the audit's rules."""
+    from data_prep.audit import Embedded
+
+    paths = [f"{s}/{classes[c]}/{i}.png" for i, (s, c) in enumerate(zip(splits, labels))]
+    n = len(labels)
+    signatures = np.zeros((n, 256), np.float32) if signatures is None else signatures
+    return Embedded(
+        np.asarray(vectors, np.float32),
+        signatures,
+        paths,
+        list(splits),
+        np.asarray(labels),
+        classes,
+        "hand-made",
+        domains=np.asarray(domains),
+    )
+
+
+def test_a_single_sheet_among_field_photos_is_no_label_error():
+    """Four species with one sheet each among 8 field photos, plus a herbarium-only species: sheets look
+    alike and unlike photos. Checked within each domain, the single sheets are left out, not flagged."""
+    from data_prep.audit import find_label_issues
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(16) * 3
+    vectors, labels, domains = [], [], []
+    for species in range(4):
+        vectors += [centres[species] + rng.normal(0, 0.3, 16) for _ in range(8)]
+        labels += [species] * 8
+        domains += [1] * 8
+        vectors.append(centres[8] + rng.normal(0, 0.3, 16))  # its one sheet
+        labels.append(species)
+        domains.append(0)
+    vectors += [centres[8] + rng.normal(0, 0.3, 16) for _ in range(10)]
+    labels += [4] * 10
+    domains += [0] * 10
+    classes = ["a", "b", "c", "d", "herbarium_only"]
+    emb = _embedded(vectors, labels, ["train"] * len(labels), domains, classes)
+    rows, notes = find_label_issues(emb)
+    sheets = {p for p, d in zip(emb.paths, domains) if d == 0 and not p.startswith("train/herbarium_only")}
+    assert not sheets & {r["path"] for r in rows}
+    assert notes["classes_not_checked"]["herbarium"] == ["a", "b", "c", "d"]
+    assert "skipped" in notes["domains"]["herbarium"] and notes["domains"]["field"]["folds"] == 5
+
+
+def test_weak_model_warning_does_not_advise_a_model():
+    from data_prep.audit import find_label_issues
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 6)
+    emb = _embedded(rng.normal(size=(24, 8)), labels, ["train"] * 24, [0] * 24, list("abcd"))
+    emb.trained = True
+    _, notes = find_label_issues(emb)
+    (warning,) = notes["warnings"]
+    assert "--model" not in warning and "model's embeddings do not separate the species" in warning
+    emb.trained = False
+    assert "--model" in find_label_issues(emb)[1]["warnings"][0]
+
+
+def test_cross_split_pair_with_two_labels_is_a_label_conflict():
+    from data_prep.audit import find_near_duplicates
+    from data_prep.audit_report import exclusion_plan
+
+    vectors = np.eye(4)[[0, 0, 1, 1, 2, 3]]
+    signatures = np.eye(256, dtype=np.float32)[[0, 0, 1, 1, 2, 3]]
+    splits = ["train", "test", "train", "test", "train", "train"]
+    emb = _embedded(vectors, [0, 1, 1, 1, 0, 1], splits, [0, 1, 0, 1, 0, 0], ["a", "b"], signatures)
+    rows = {frozenset((r["path"], r["other_path"])): r for r in find_near_duplicates(emb)}
+    conflict = rows[frozenset(emb.paths[:2])]
+    assert conflict["label_conflict"] and not conflict["leakage"] and "label conflict" in conflict["reason"]
+    leak = rows[frozenset(emb.paths[2:4])]
+    assert leak["leakage"] and not leak["label_conflict"] and leak["path"] == emb.paths[2]
+    listed, kept = exclusion_plan(emb, {"near_duplicates": list(rows.values())})
+    assert listed == [emb.paths[2]]
+    assert {r["path"] for r in kept} == set(emb.paths[:2])
+    assert all("label conflict" in r["reason"] for r in kept)
+
+
+def test_exclusion_never_loses_test_images_or_a_species_last_training_image():
+    from data_prep.audit_report import exclusion_plan
+
+    splits = ["train", "train", "train", "test", "train", "train"]
+    domains = [0, 1, 1, 1, 0, 0]  # a: 1 sheet, 2 field photos, 1 test photo; b: 2 sheets only
+    emb = _embedded(np.eye(6), [0, 0, 0, 0, 1, 1], splits, domains, ["a", "b"])
+    flagged = [{"path": p} for p in emb.paths]
+    listed, kept = exclusion_plan(emb, {"label_issues": flagged})
+    assert listed == [emb.paths[1], emb.paths[2], emb.paths[4]]
+    reasons = {r["path"]: r["reason"] for r in kept}
+    assert reasons == {
+        emb.paths[0]: "the last herbarium sheet of a",
+        emb.paths[3]: "test split: removing hard test images would inflate test scores",
+        emb.paths[5]: "the last training image of b",
+    }
+
+
+def test_exclude_lines_with_dot_or_absolute_paths_match(tmp_path):
+    root = make_injected_collection(tmp_path / "raw")
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text(f"./herbarium/acer/1.png\n{root / 'herbarium/betula/2.png'}\n")
+    _, report = build_dataset(root, None, num_proc=1, progress=False, exclude=exclude)
+    excluded = {f["path"] for f in report["findings"] if f["reason"] == "excluded"}
+    assert excluded == {"herbarium/acer/1.png", "herbarium/betula/2.png"}
+    assert not [f for f in report["findings"] if f["reason"] == "exclude_unmatched"]
+    assert report["settings"]["exclude"] == str(exclude.resolve())

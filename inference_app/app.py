@@ -30,6 +30,7 @@ import gradio as gr
 import numpy as np
 from gradio.components.plot import PlotData
 
+from inference_app.evaluation_view import evaluation_tab
 from inference_app.identification import ENROLLED_MARK, Identification, identify, softmax
 from inference_app.images import DEFAULT_MIN_SIDE, InvalidImageError
 from inference_app.options import CACHE_SWEEP_S, KEEP_UPLOADS_S, parse_args
@@ -270,7 +271,11 @@ def _answer_column(settings: AppSettings, taxonomy: Taxonomy | None) -> list[gr.
 
 
 def _result_tabs(
-    settings: AppSettings, has_index: bool, has_map: bool, map_title: str = "t-SNE"
+    settings: AppSettings,
+    has_index: bool,
+    has_map: bool,
+    map_title: str = "t-SNE",
+    model_dir: Path | None = None,
 ) -> tuple[gr.Gallery, gr.Plot]:
     """The nearest-specimens gallery and the map (``map_title``: t-SNE or UMAP), each with its explanation
     when absent."""
@@ -291,6 +296,8 @@ def _result_tabs(
             if not has_map:
                 gr.Markdown(NO_MAP_TEXT, elem_id="no-map")
             plot = gr.Plot(label=f"Reference embeddings ({map_title})", visible=has_map, elem_id="map")
+        with gr.Tab("Evaluation"):
+            evaluation_tab(model_dir)
     return neighbours, plot
 
 
@@ -317,7 +324,9 @@ def build_demo(
             photos, button = _photo_column(settings)
             answers = _answer_column(settings, taxonomy)
         map_title = tsne_map.title if tsne_map is not None else "t-SNE"
-        neighbours, plot = _result_tabs(settings, index is not None, renderer is not None, map_title)
+        neighbours, plot = _result_tabs(
+            settings, index is not None, renderer is not None, map_title, predictor.model_dir
+        )
         embeddings_state = gr.State(None)
 
         event = button.click(

@@ -34,6 +34,7 @@ IMAGE_POLICY = tuple(
 APP_MODULES = (
     "__init__.py",
     "app.py",
+    "evaluation_view.py",
     "identification.py",
     "images.py",
     "options.py",

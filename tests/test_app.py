@@ -207,6 +207,61 @@ def test_without_reference_the_map_tab_explains_what_to_pass(server):
     assert NO_MAP_TEXT in values
 
 
+def test_evaluation_tab_shows_the_models_per_species_figures(server, tmp_path):
+    """The app shows the trainer's evaluation (metrics.json beside the model), worst species first."""
+    from inference_app.evaluation_view import NO_METRICS_TEXT, species_rows, summary_markdown
+    from inference_app.predictor import Predictor
+
+    metrics = {
+        "test": {"field": {"top1": 0.5, "top5": 0.75, "mrr": 0.6, "n": 4}},
+        "per_species": {
+            "split": "test",
+            "rows": [
+                {"species": "Acer rubrum", "images": 2, "top1": 1.0, "top5": 1.0, "mrr": 1.0},
+                {
+                    "species": "Quercus alba",
+                    "images": 2,
+                    "top1": 0.0,
+                    "top5": 0.5,
+                    "mrr": 0.2,
+                    "herbarium_only": True,
+                },
+            ],
+        },
+        "silhouette": {"all": -0.1, "n": 12},
+        "domain_gap": {
+            "median": 0.4,
+            "n_species": 2,
+            "per_species": [{"species": "Acer rubrum", "distance": 0.3}],
+        },
+        "confused_pairs": {"pairs": [{"species_a": "Quercus alba", "species_b": "Acer rubrum", "count": 1}]},
+    }
+    assert species_rows(metrics) == [
+        ["Quercus alba", 2, 0.0, 0.5, 0.2, "yes", None],
+        ["Acer rubrum", 2, 1.0, 1.0, 1.0, "", 0.3],
+    ]
+    summary = summary_markdown(metrics)
+    assert "top-1 0.500" in summary and "-0.100" in summary and "median 0.400" in summary
+    assert "*Quercus alba* / *Acer rubrum* (1)" in summary
+
+    folder = Path(
+        shutil.copytree(
+            server["predictor"].model_dir,
+            tmp_path / "model",
+            ignore=shutil.ignore_patterns("autotrain-data", ".*"),
+        )
+    )
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    demo = build_demo(Predictor.from_pretrained(folder, num_threads=1))
+    values = [c.get("props", {}).get("value") for c in demo.config["components"]]
+    assert summary in values and any(isinstance(v, dict) and "Quercus alba" in str(v) for v in values)
+    assert (
+        NO_METRICS_TEXT
+        in [c.get("props", {}).get("value") for c in build_demo(server["predictor"]).config["components"]]
+        or (server["predictor"].model_dir / "metrics.json").is_file()
+    )
+
+
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     status = main(["--model", str(tmp_path / "herbarium-arcface")])
     err = capsys.readouterr().err.strip()

@@ -219,25 +219,31 @@ def _metrics_lines(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _search_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Card lines on the hyperparameter search, when there was one."""
+    search = metrics.get("hp_search")
+    if not search:
+        return []
+    values = ", ".join(f"`{k}` {v:.3g}" for k, v in search["params"].items())
+    lines = [
+        f"- {values}: the best of a hyperparameter search of {search['n_trials']} trials (Optuna, "
+        f"{search['metric']} {search['best_score']:.3f}; every trial in `hp_search.md`)."
+    ]
+    if search.get("beat_start") is False:
+        lines.append(
+            "- **Training did not beat the starting model on the field validation photos** in the "
+            f"hyperparameter search (best trial {search['best_score']:.3f}, starting model "
+            f"{search['start_score']:.3f}): the WiSE-FT alpha was then chosen on the field validation photos, "
+            "alpha 0 being the starting model (pretrained backbone, class-mean prototypes)."
+        )
+    return lines
+
+
 def _selection_and_calibration(
     params: Mapping[str, Any], metrics: Mapping[str, Any], reliability_file: str | None
 ) -> list[str]:
     """Card lines: how the weights were chosen (validation or not, WiSE-FT) and how confidences were set."""
-    lines = ["## How the saved weights and confidences were chosen", ""]
-    search = metrics.get("hp_search")
-    if search:
-        values = ", ".join(f"`{k}` {v:.3g}" for k, v in search["params"].items())
-        lines.append(
-            f"- {values}: the best of a hyperparameter search of {search['n_trials']} trials (Optuna, "
-            f"{search['metric']} {search['best_score']:.3f}; every trial in `hp_search.md`)."
-        )
-        if search.get("beat_start") is False:
-            lines.append(
-                "- **Training did not beat the starting model on the field validation photos** in the "
-                f"hyperparameter search (best trial {search['best_score']:.3f}, starting model "
-                f"{search['start_score']:.3f}): the WiSE-FT alpha was then chosen on the field validation photos, "
-                "alpha 0 being the starting model (pretrained backbone, class-mean prototypes)."
-            )
+    lines = ["## How the saved weights and confidences were chosen", "", *_search_lines(metrics)]
     if metrics.get("best_model_metric"):
         lines.append(f"- The epoch with the best validation `{metrics['best_model_metric']}` was kept.")
     else:

@@ -31,6 +31,7 @@ from autotrain.trainers.image_classification_custom.hp_search import search_hype
 from autotrain.trainers.image_classification_custom.outputs import publish, save_outputs
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
 from autotrain.trainers.image_classification_custom.stages import (
+    RunContext,
     build_model,
     decode_caches,
     load_data,
@@ -56,11 +57,24 @@ def run(config: ImageClassificationCustomParams) -> dict[str, Any]:
     search_hyperparameters(ctx)
     keep_start_weights(ctx)
     trained = train_model(ctx)
-    if not ctx.is_main:
-        return {}
-    summary = save_outputs(ctx, trained)
-    publish(ctx, summary)
+    summary: dict[str, Any] = {}
+    if ctx.is_main:
+        summary = save_outputs(ctx, trained)
+        publish(ctx, summary)
+    end_processes(ctx)
     return summary
+
+
+def end_processes(ctx: RunContext) -> None:
+    """In a multi-process run, every rank waits until the main one has written the outputs, then the
+    process group is destroyed: a rank that exited early with the group alive aborted at interpreter exit
+    ("terminate called without an active exception") about one run in six, failing the launch."""
+    import torch.distributed as dist
+
+    if ctx.state.num_processes > 1:
+        ctx.state.wait_for_everyone()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 __all__ = ["run"]

@@ -33,12 +33,11 @@ from pathlib import Path
 
 from data_prep.contract import DOMAIN_SYNONYMS, DOMAINS
 from data_prep.csv_layout import discover_csv
-from data_prep.discovery import DataPrepError, Discovery, Entry, inside
+from data_prep.discovery import DataPrepError, Discovery, Entry
 from data_prep.folder_layout import discover_folders
 from data_prep.plantclef_layout import discover_plantclef
 
 LAYOUTS = ("auto", "folders", "plantclef", "csv")
-_inside = inside  # the name the trainer imports
 
 
 def _child_dirs(root: Path) -> dict[str, Path]:

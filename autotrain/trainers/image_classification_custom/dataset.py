@@ -35,10 +35,8 @@ from torchvision.transforms import v2
 from autotrain import logger
 from autotrain.trainers.image_classification_custom.augment import interpolation_mode
 from autotrain.trainers.image_classification_custom.splits import DataInputError
-from data_prep.contract import DOMAINS, resampling
+from data_prep.contract import resampling
 
-#: The domain names in id order (``data_prep.contract.DOMAINS``), kept under the trainer's old name.
-DOMAIN_NAMES = DOMAINS
 TRAIN_CACHE_FACTOR = 1.15
 
 

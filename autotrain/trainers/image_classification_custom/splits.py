@@ -117,13 +117,13 @@ def _links_outside(root: Path) -> list[str]:
     Links are not followed while walking (a linked folder outside is reported, not entered), as in
     data_prep's ``outside_root`` finding.
     """
-    from data_prep.layouts import _inside
+    from data_prep.discovery import inside
 
     found: list[str] = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in sorted(dirs) + sorted(files):
             path = Path(folder) / name
-            if path.is_symlink() and not _inside(path, root):
+            if path.is_symlink() and not inside(path, root):
                 found.append(path.relative_to(root).as_posix())
     return sorted(found)
 
@@ -134,7 +134,7 @@ def _leave_out_links_outside(dd, data_path: str, image_column: str) -> tuple[Any
     from datasets import DatasetDict
     from datasets import Image as ImageFeature
 
-    from data_prep.layouts import _inside
+    from data_prep.discovery import inside
 
     root = Path(data_path)
     outside = _links_outside(root)
@@ -144,7 +144,7 @@ def _leave_out_links_outside(dd, data_path: str, image_column: str) -> tuple[Any
     for split, ds in dd.items():
         if image_column in ds.column_names and isinstance(ds.features[image_column], ImageFeature):
             paths = _values(ds.cast_column(image_column, ImageFeature(decode=False)), image_column)
-            rows = [i for i, item in enumerate(paths) if not item.get("path") or _inside(item["path"], root)]
+            rows = [i for i, item in enumerate(paths) if not item.get("path") or inside(item["path"], root)]
             if len(rows) < len(ds):
                 ds = ds.select(rows)
         kept[split] = ds

@@ -11,8 +11,8 @@ What it writes (``--out POOL``):
   on the file's bytes) and decodes to the master's pixels. The benchmark measures cost, not accuracy:
   what each stage costs depends on the files' sizes and counts, not on what they show.
 - :func:`write_csv` writes ``scale-n{N}-c{C}.csv`` (``data_prep``'s CSV layout: ``path,label,domain,split``)
-  over the first ``N`` files with ``C`` species: file ``i`` is species ``i % C``; half of the field photos
-  are the test split.
+  over the first ``N`` files with ``C`` species (:func:`assign`: sheets for every species, field photos
+  for a tenth of them, half of those photos in the test split).
 
 Run: ``python benchmarks/scale_data.py --out bench-out/scale-pool --n 50000``. Existing files are kept,
 so a larger pool extends a smaller one.
@@ -109,8 +109,35 @@ def generate_pool(out: Path, n: int, masters: int = 100, workers: int = 2, progr
     return out
 
 
+def assign(n: int, classes: int) -> list[tuple[str, str, str]]:
+    """``(species, domain, split)`` of the first ``n`` files with ``classes`` species.
+
+    Herbarium sheets go round-robin over all species (every species has a sheet when there are at least
+    as many sheets as species). Field photos go to the first tenth of the species (at least one), in
+    consecutive pairs (one training photo, one test photo), so a field species has about ten photos and
+    half of them are the test split; the other species are herbarium-only, PlantCLEF's hard case.
+
+    Raises:
+        ValueError: fewer herbarium sheets than species.
+    """
+    sheets = sum(domain_of(i) == "herbarium" for i in range(n))
+    if sheets < classes:
+        raise ValueError(f"{n} files hold {sheets} herbarium sheets, fewer than the {classes} species")
+    field_species = max(1, classes // 10)
+    rows, herbarium_seen, field_seen = [], 0, 0
+    for index in range(n):
+        if domain_of(index) == "herbarium":
+            rows.append((f"species_{herbarium_seen % classes:05d}", "herbarium", "train"))
+            herbarium_seen += 1
+        else:
+            species = field_seen // 2 % field_species
+            rows.append((f"species_{species:05d}", "field", "test" if field_seen % 2 else "train"))
+            field_seen += 1
+    return rows
+
+
 def write_csv(pool: Path, n: int, classes: int) -> Path:
-    """``pool/scale-n{n}-c{classes}.csv`` over the first ``n`` files; returns its path."""
+    """``pool/scale-n{n}-c{classes}.csv`` over the first ``n`` files (:func:`assign`); returns its path."""
     have = len(list((pool / "images").glob("*.jpg")))
     if have < n:
         raise SystemExit(f"{pool}: the pool has {have} images, {n} needed; run scale_data.py --n {n}")
@@ -118,14 +145,8 @@ def write_csv(pool: Path, n: int, classes: int) -> Path:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "domain", "split"])
-        field_seen = 0
-        for index in range(n):
-            domain = domain_of(index)
-            split = "train"
-            if domain == "field":
-                split = "test" if field_seen % 2 else "train"
-                field_seen += 1
-            writer.writerow([f"images/{index:06d}.jpg", f"species_{index % classes:05d}", domain, split])
+        for index, (species, domain, split) in enumerate(assign(n, classes)):
+            writer.writerow([f"images/{index:06d}.jpg", species, domain, split])
     return path
 
 

@@ -48,7 +48,18 @@ for key, value in {
 
 from bench_common import machine_info, machine_line, now_iso  # noqa: E402
 
-SECTIONS = ("real", "data_prep", "training", "accuracy", "app", "gpu", "accuracy_gpu", "enroll", "audit")
+SECTIONS = (
+    "real",
+    "data_prep",
+    "training",
+    "accuracy",
+    "app",
+    "gpu",
+    "accuracy_gpu",
+    "enroll",
+    "audit",
+    "scale",
+)
 # make bench's real-data run on 2 CPU cores: 160 px (about 3x cheaper than 224 here), the shipped default
 REAL_FULL = {"image_size": 160, "systems": ["frozen", "stock", "ours"], "tasks": ("leafsnap", "plantclef")}
 REAL_QUICK = {"image_size": 64, "epochs": 1, "systems": ["frozen", "stock", "ours"], "tasks": ("plantclef",)}
@@ -222,7 +233,56 @@ def _enroll_md(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _run_scale(args: argparse.Namespace) -> dict[str, Any]:
+    """Scaling benchmark (bench_scale.py): import ``--scale-results`` or run its small preset."""
+    import bench_scale
+
+    if args.scale_results:
+        results = Path(args.scale_results) / "results.json"
+        if not results.is_file():
+            raise FileNotFoundError(f"{results}: no bench_scale.py results there")
+        return json.loads(results.read_text()) | {"imported_from": str(args.scale_results)}
+    if args.quick:
+        return {"skipped": "not part of a quick run (about 5 minutes on 2 CPU cores): `--only scale`"}
+    out = bench_scale.run(
+        bench_scale.parse_args(["--preset", "small", "--out", str(args.out / "scale-small")])
+    )
+    return out | {"preset": "small"}
+
+
+def _scale_md(r: dict[str, Any]) -> list[str]:
+    import bench_scale
+
+    if "skipped" in r:
+        return [f"**Skipped: {r['skipped']}.**"]
+    figure = SCALE_FIGURE if r.get("preset") != "small" and (REPO_ROOT / SCALE_FIGURE).is_file() else None
+    loads = [
+        s.get("load_average") for run in r["runs"] for s in run["stages"].values() if s.get("load_average")
+    ]
+    return [
+        "Cost of each stage against N images (at C = 1,000 species) and C species (at N = 10,000) on generated "
+        f"JPEGs at realistic sizes (`benchmarks/scale_data.py`), trainer and app at {r['image_size']} px. Each "
+        "cell: wall time / peak resident memory of the stage's process tree (a later stage of the trainer "
+        "or the app includes what the earlier ones still hold). `b (N)`, `b (C)`: fitted exponents of time / "
+        "memory above the import baseline "
+        f"({r['import_baseline_mb']:,.0f} MiB) in `cost ~ N^b`, `cost ~ C^b`. "
+        + (
+            f"1-minute load average at the stages' ends: {min(loads):.1f}-{max(loads):.1f} on 2 cores. "
+            if loads
+            else ""
+        )
+        + f"Command: `{r['command']}`."
+        + (f" Imported from `{r['imported_from']}`." if r.get("imported_from") else ""),
+        "",
+        bench_scale.markdown(r),
+        *([""] + [f"Failed: N={f['n']:,} C={f['c']:,}: {f['error']}" for f in r.get("failed", [])]),
+        *(["", f"![cost against N and C]({figure})"] if figure else []),
+    ]
+
+
 def run_section(name: str, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    if name == "scale":
+        return _run_scale(args)
     if name == "real":
         return _run_real(args)
     if name == "enroll":
@@ -638,7 +698,9 @@ TITLES = {
     "accuracy_gpu": "Field accuracy, several seeds (GPU)",
     "enroll": "Enrolment of new species without retraining (real images)",
     "audit": "Collection audit: label errors, near-duplicates, outliers (real images)",
+    "scale": "Scaling: time and memory of every stage against images and species",
 }
+SCALE_FIGURE = "benchmarks/results/scale.png"
 
 
 def render(sections: dict[str, Any], run_meta: dict[str, Any], quick: bool) -> str:
@@ -683,6 +745,8 @@ def render(sections: dict[str, Any], run_meta: dict[str, Any], quick: bool) -> s
             lines += _enroll_md(r)
         elif name == "audit":
             lines += _audit_md(r)
+        elif name == "scale":
+            lines += _scale_md(r)
         elif name == "training":
             lines += _training_md(r)
         elif name == "accuracy":
@@ -791,6 +855,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="audit section: import the results.json of an earlier `bench_audit.py --out DIR` run",
+    )
+    parser.add_argument(
+        "--scale-results",
+        type=Path,
+        default=None,
+        help="scale section: import the results.json of an earlier `bench_scale.py --out DIR` run",
     )
     parser.add_argument(
         "--import-report",

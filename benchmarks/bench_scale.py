@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # species needs a herbarium sheet and 80 % of the files are sheets, so N >= 1.25 C
     "large": {
         "configs": [(2000, 1000), (10000, 1000), (50000, 1000), (10000, 100), (10000, 8000)],
-        "image_size": 128,
+        "image_size": 96,
     },
     "small": {"configs": [(200, 20), (400, 20), (800, 20), (800, 80)], "image_size": 64},
 }

@@ -108,10 +108,12 @@ def build_part(
     positions = list(range(shard_index, len(disc.entries), num_shards))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".data_prep-part-", dir=out_path.parent))
+    staging = tmp / "part"  # a plain mkdir: the part folder gets the umask's permissions, not mkdtemp's 0700
     try:
+        staging.mkdir()
         validated = validate_into_arrow(
             [disc.entries[p] for p in positions],
-            tmp / ROWS_FILE,
+            staging / ROWS_FILE,
             dataset_features(disc.classes),
             num_proc or default_num_proc(),
             progress,
@@ -119,10 +121,10 @@ def build_part(
         )
         manifest = _manifest(disc, settings, num_shards, shard_index, positions, validated)
         manifest["seconds"] = round(time.perf_counter() - start, 3)
-        (tmp / PART_FILE).write_text(json.dumps(manifest, ensure_ascii=False) + "\n")
+        (staging / PART_FILE).write_text(json.dumps(manifest, ensure_ascii=False) + "\n")
         if out_path.exists():
             shutil.rmtree(out_path)
-        shutil.move(str(tmp), str(out_path))
+        shutil.move(str(staging), str(out_path))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest

@@ -128,6 +128,9 @@ def test_more_shards_than_files_leaves_empty_parts(tmp_path: Path) -> None:
         build_part(root, part, num_shards=k, shard_index=i, num_proc=1, progress=False)
     join_parts(parts, tmp_path / "joined", progress=False)
     _same_dataset(tmp_path / "single", tmp_path / "joined")
+    # a part folder is shared between machines or users: the umask's permissions, like the dataset's
+    assert {p.stat().st_mode & 0o777 for p in parts} == {(tmp_path / "joined").stat().st_mode & 0o777}
+    assert not list(tmp_path.glob(".data_prep-*"))
 
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import datasets
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, DatasetInfo, Features, load_from_disk
 from datasets.arrow_writer import ArrowWriter
+from datasets.table import ConcatenationTable, InMemoryTable
 from tqdm.auto import tqdm
 
 from data_prep.audit_report import normalise_exclude_paths, read_exclude_list
@@ -72,7 +74,8 @@ def _process_all(files: list[str], num_proc: int, progress: bool, **kwargs: Any)
         yield from bar(pool.map(work, files, chunksize=chunksize))
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
+    """Raise :class:`DataPrepError` when ``out`` is a non-empty folder that holds no earlier build."""
     if out.exists() and any(out.iterdir()) and not is_saved_dataset_dict(out):
         raise DataPrepError(
             f"output folder {out} exists and does not hold an earlier build; choose another --out"
@@ -124,7 +127,52 @@ def build_dataset(
     start = time.perf_counter()
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        _check_out(out_path)
+        check_out(out_path)
+    disc, settings = prepare(source, layout, exclude, val_fraction, max_side, min_side, quality, seed)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=out_path.parent if out_path is not None else None))
+    try:
+        validated = validate_into_arrow(
+            disc.entries,
+            tmp / "all.arrow",
+            dataset_features(disc.classes),
+            num_proc or default_num_proc(),
+            progress,
+            image_options(settings),
+        )
+        rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out_path is None)
+        has_test = any(e.split == "test" for e in disc.entries)
+        dsd, report, shards = assemble(disc, disc.classes, has_test, rows, validated, out_path, settings)
+        report["stats"] |= _timing(start, len(disc.entries))
+        if out_path is not None:
+            dsd = save_build(dsd, out_path, tmp, report, progress, shards)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if strict and report["findings"]:
+        raise StrictModeError(report)
+    return dsd, report
+
+
+def prepare(
+    source: str | Path,
+    layout: str,
+    exclude: str | Path | None,
+    val_fraction: float,
+    max_side: int,
+    min_side: int,
+    quality: int,
+    seed: int,
+) -> tuple[Discovery, dict[str, Any]]:
+    """Discover ``source`` (leaving out the ``exclude`` list) and collect the build settings.
+
+    Returns:
+        ``(discovery, settings)``; ``settings`` is the report's ``settings`` block (``max_side``,
+        ``min_side``, ``quality``, ``val_fraction``, ``seed``, and ``exclude`` when given).
+
+    Raises:
+        DataPrepError: missing input, unknown layout, unreadable ``exclude`` file, no images at all.
+    """
     disc = discover(source, layout)
     settings_exclude = {}
     if exclude is not None:
@@ -133,22 +181,12 @@ def build_dataset(
     if not disc.entries:
         raise DataPrepError(f"no image files found in {disc.root} ({disc.layout} layout)")
     options = {"max_side": max_side, "min_side": min_side, "quality": quality}
-    settings = options | {"val_fraction": val_fraction, "seed": seed} | settings_exclude
-    if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".data_prep-", dir=out_path.parent if out_path is not None else None))
-    try:
-        dsd, report, shards = _build_in(
-            tmp, disc, out_path, settings, num_proc or default_num_proc(), progress
-        )
-        report["stats"] |= _timing(start, len(disc.entries))
-        if out_path is not None:
-            dsd = _save(dsd, out_path, tmp, report, progress, shards)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if strict and report["findings"]:
-        raise StrictModeError(report)
-    return dsd, report
+    return disc, options | {"val_fraction": val_fraction, "seed": seed} | settings_exclude
+
+
+def image_options(settings: dict[str, Any]) -> dict[str, int]:
+    """The per-image options of :func:`data_prep.validate.process_image` (``max_side``, ``min_side``, ``quality``)."""
+    return {key: settings[key] for key in ("max_side", "min_side", "quality")}
 
 
 def _timing(start: float, n_files: int) -> dict[str, float]:
@@ -157,37 +195,55 @@ def _timing(start: float, n_files: int) -> dict[str, float]:
     return {"seconds": round(seconds, 3), "images_per_s": round(n_files / seconds, 1)}
 
 
-def _build_in(
-    tmp: Path, disc: Discovery, out: Path | None, settings: dict[str, Any], num_proc: int, progress: bool
+def assemble(
+    disc: Discovery,
+    classes: list[str],
+    has_test: bool,
+    rows: Dataset,
+    validated: Validated,
+    out: Path | None,
+    settings: dict[str, Any],
+    row_of: Sequence[int] | None = None,
 ) -> tuple[DatasetDict, dict[str, Any], dict[str, int]]:
-    """Validate every file into ``tmp/all.arrow``, draw the splits and assemble the report (nothing saved).
+    """Drop duplicates and leakage, draw the splits and assemble the report (nothing saved).
+
+    Args:
+        disc: the discovery (its root, layout, findings and ignored-file count are reported).
+        classes: the label names of ``rows``' ``ClassLabel`` (sorted species names).
+        has_test: whether the input had any test file (then a ``test`` split exists, even if empty).
+        rows: the validated images (features ``dataset_features(classes)``).
+        validated: what validation produced, its lists in discovery order.
+        out: the output folder, for the report (None: nothing written).
+        settings: the build settings (see :func:`prepare`).
+        row_of: row of ``rows`` holding each kept entry (default: the i-th row holds the i-th entry;
+            the join of shard parts, whose rows are in part order, passes its own).
 
     Returns:
         ``(dataset_dict, report, shards)``: ``shards`` is each split's number of ``save_to_disk``
         shards, from the stored image bytes.
     """
-    classes = disc.classes
-    findings: list[Finding] = list(disc.findings)
-    options = {key: settings[key] for key in ("max_side", "min_side", "quality")}
-    kept, digests, nbytes, stats, fixes = _validate_into_arrow(
-        disc.entries, tmp / "all.arrow", dataset_features(classes), num_proc, progress, findings, options
-    )
+    kept = validated.kept
+    row_of = range(len(kept)) if row_of is None else row_of
+    findings: list[Finding] = list(disc.findings) + [f for _, f in validated.skips]
     split_idx = _assign_splits(
-        kept, digests, disc.entries, settings["val_fraction"], settings["seed"], findings
+        kept, validated.digests, has_test, settings["val_fraction"], settings["seed"], findings
     )
     # fixes only for the files that stay: a fixed file dropped as a duplicate has one outcome, "skipped"
     stays = {i for idx in split_idx.values() for i in idx}
-    findings += [f for i in sorted(stays) for f in fixes[i]]
+    findings += [f for i in sorted(stays) for f in validated.fixes[i]]
     used = _label_findings(classes, kept, split_idx, findings)
-    all_rows = Dataset.from_file(str(tmp / "all.arrow"), in_memory=out is None)
     if used and used != classes:  # classes whose every file was skipped leave the label set
         new_id = {c: i for i, c in enumerate(used)}
+        label_ids = [-1] * len(rows)
+        for i, entry in enumerate(kept):
+            label_ids[row_of[i]] = new_id.get(entry.label, -1)
         classes = used
-        all_rows = _relabel(all_rows, [new_id.get(e.label, -1) for e in kept], dataset_features(used))
-    dsd = DatasetDict({name: all_rows.select(idx) for name, idx in split_idx.items()})
-    rows = {name: [(kept[i].label, kept[i].domain) for i in idx] for name, idx in split_idx.items()}
-    stats["ignored_system_files"] = disc.ignored_files
-    report = make_report(disc, out, classes, rows, findings, settings=settings, stats=stats)
+        rows = _relabel(rows, label_ids, dataset_features(used))
+    dsd = DatasetDict({name: rows.select([row_of[i] for i in idx]) for name, idx in split_idx.items()})
+    pairs = {name: [(kept[i].label, kept[i].domain) for i in idx] for name, idx in split_idx.items()}
+    stats = validated.stats | {"ignored_system_files": disc.ignored_files}
+    report = make_report(disc, out, classes, pairs, findings, settings=settings, stats=stats)
+    nbytes = validated.nbytes
     shards = {name: 1 + sum(nbytes[i] for i in idx) // SHARD_BYTES for name, idx in split_idx.items()}
     return dsd, report, shards
 
@@ -220,38 +276,60 @@ def _relabel(rows: Dataset, label_ids: list[int], features: Features) -> Dataset
     """``rows`` with its ``label`` column replaced (Arrow column swap: the image bytes are not copied)."""
     table = rows.data
     column = table.column_names.index("label")
-    table = table.set_column(column, pa.field("label", pa.int64()), pa.array(label_ids, pa.int64()))
+    label_field, array = pa.field("label", pa.int64()), pa.array(label_ids, pa.int64())
+    if isinstance(table, ConcatenationTable):  # joined shard parts: swap on the concatenated Arrow table
+        table = InMemoryTable(
+            table.table.set_column(column, label_field, array)
+        )  # (zero-copy: buffers stay mapped)
+    else:
+        table = table.set_column(column, label_field, array)
     return Dataset(table, info=DatasetInfo(features=features))
 
 
-def _validate_into_arrow(
+@dataclass
+class Validated:
+    """What validating a list of entries produced; ``kept`` .. ``positions`` are aligned with the Arrow rows.
+
+    Attributes:
+        kept: the kept entries.
+        digests: their content digests (BLAKE2b of the original bytes), for duplicates and leakage.
+        nbytes: their stored image sizes in bytes (for the ``save_to_disk`` shard count).
+        fixes: the fix findings of each kept entry (reported only for the entries that survive
+            deduplication).
+        positions: each kept entry's index in the list that was validated.
+        skips: ``(index in that list, finding)`` for each skipped file, in that order.
+        stats: counters for the report (``files``, ``resized``, ``stored_original``, ``reencoded``).
+    """
+
+    kept: list[Entry] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+    fixes: list[list[Finding]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    skips: list[tuple[int, Finding]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_into_arrow(
     entries: list[Entry],
     arrow_path: Path,
     features: Features,
     num_proc: int,
     progress: bool,
-    findings: list[Finding],
     options: dict[str, int],
-) -> tuple[list[Entry], list[str], list[int], dict[str, Any], list[list[Finding]]]:
-    """Process every file and stream the kept ones into ``arrow_path``.
-
-    Returns:
-        The kept entries (in Arrow row order), their content digests, their stored sizes in bytes,
-        counters for the report, and the fix findings of each kept entry (added by the caller for
-        the entries that survive deduplication). Skip findings are appended to ``findings``.
-    """
+) -> Validated:
+    """Validate and normalise every file of ``entries`` (worker processes, a tqdm bar) and stream the kept
+    ones, encoded with ``features``, into the Arrow file ``arrow_path``; skips and fixes become findings."""
     label_id = {c: i for i, c in enumerate(features["label"].names)}
-    kept: list[Entry] = []
-    digests: list[str] = []
-    nbytes: list[int] = []
-    fixes: list[list[Finding]] = []
-    stats: dict[str, Any] = {"files": len(entries), "resized": 0, "stored_original": 0, "reencoded": 0}
+    out = Validated(stats={"files": len(entries), "resized": 0, "stored_original": 0, "reencoded": 0})
     with ArrowWriter(features=features, path=str(arrow_path)) as writer:
         results = _process_all([str(e.file) for e in entries], num_proc, progress, **options)
-        for entry, res in zip(entries, results):
-            if not _collect(entry, res, findings, stats):
+        for position, (entry, res) in enumerate(zip(entries, results)):
+            skip = _collect(entry, res, out.stats)
+            if skip is not None:
+                out.skips.append((position, skip))
                 continue
-            fixes.append(
+            out.fixes.append(
                 [Finding(entry.rel, reason, FIXED, scrub_detail(detail)) for reason, detail in res.fixes]
             )
             record = {
@@ -261,36 +339,37 @@ def _validate_into_arrow(
                 "path": entry.rel,
             }
             writer.write(features.encode_example(record))
-            kept.append(entry)
-            digests.append(res.digest or "")
-            nbytes.append(len(res.image_bytes or b""))
+            out.kept.append(entry)
+            out.digests.append(res.digest or "")
+            out.nbytes.append(len(res.image_bytes or b""))
+            out.positions.append(position)
         writer.finalize()
-    return kept, digests, nbytes, stats, fixes
+    return out
 
 
 def _assign_splits(
     kept: list[Entry],
     digests: list[str],
-    entries: list[Entry],
+    has_test: bool,
     val_fraction: float,
     seed: int,
     findings: list[Finding],
 ) -> dict[str, list[int]]:
-    """Drop duplicates and leakage, draw validation; ``{split: Arrow row indices}`` (``test`` if any test input)."""
+    """Drop duplicates and leakage, draw validation; ``{split: indices into kept}`` (``test`` if ``has_test``)."""
     keep, dup_findings = deduplicate(kept, digests)
     findings += dup_findings
     unique = [(i, e) for i, e in enumerate(kept) if keep[i]]
     in_val = choose_validation([e for _, e in unique], val_fraction, seed)
     split_idx: dict[str, list[int]] = {"train": [], "validation": []}
-    if any(e.split == "test" for e in entries):
+    if has_test:
         split_idx["test"] = []
     for (i, e), val in zip(unique, in_val):
         split_idx["test" if e.split == "test" else ("validation" if val else "train")].append(i)
     return split_idx
 
 
-def _collect(entry: Entry, res: ProcessResult, findings: list[Finding], stats: dict[str, Any]) -> bool:
-    """Record the skip finding of one processed file; True when it is kept.
+def _collect(entry: Entry, res: ProcessResult, stats: dict[str, Any]) -> Finding | None:
+    """The skip finding of one processed file, or None when it is kept (then counted in ``stats``).
 
     A report never quotes file contents: a non-image is described by its detected type, and quoted
     bytes in decoder messages are withheld (see :mod:`data_prep.filetype`).
@@ -299,11 +378,10 @@ def _collect(entry: Entry, res: ProcessResult, findings: list[Finding], stats: d
         reason, detail = res.skip
         if reason == "not_an_image":
             detail = f"detected type: {describe_file(entry.file)}"
-        findings.append(Finding(entry.rel, reason, SKIPPED, scrub_detail(detail)))
-        return False
+        return Finding(entry.rel, reason, SKIPPED, scrub_detail(detail))
     stats["resized"] += int(res.resized)
     stats["reencoded" if res.reencoded else "stored_original"] += 1
-    return True
+    return None
 
 
 @contextlib.contextmanager
@@ -319,7 +397,7 @@ def _datasets_bars(enabled: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _save(
+def save_build(
     dsd: DatasetDict, out: Path, tmp: Path, report: dict[str, Any], progress: bool, shards: dict[str, int]
 ) -> DatasetDict:
     """Write dataset, report and figure into a fresh folder, then swap it in for ``out``.
@@ -333,7 +411,7 @@ def _save(
     (staging / REPORT_NAME).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     save_balance_figure(report["per_class"], staging / FIGURE_NAME)
     if out.exists():
-        _check_out(out)
+        check_out(out)
         shutil.rmtree(out)
     shutil.move(str(staging), str(out))
     return load_from_disk(str(out))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep {sample,build,audit} ...`` (see ``--help``)."""
+"""Command line: ``python -m data_prep {sample,build,join,audit} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_sample_command(sub)
     _add_build_command(sub)
+    _add_join_command(sub)
     _add_audit_command(sub)
     return parser
 
@@ -150,7 +151,41 @@ def _add_build_command(sub: argparse._SubParsersAction) -> None:
         help="leave out the files listed in FILE (paths relative to SOURCE, one a line, '#' comments; "
         "e.g. the exclude.txt of `data_prep audit`); each is reported as 'excluded'",
     )
+    b.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sharded build: validate only every K-th file (with --shard-index) and write a part to --out; "
+        "`data_prep join` makes the dataset of all K parts",
+    )
+    b.add_argument(
+        "--shard-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="which shard this is, 0..K-1 (with --num-shards)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_join_command(sub: argparse._SubParsersAction) -> None:
+    """``join``: the parts of a sharded build -> the DatasetDict the single build writes."""
+    j = sub.add_parser(
+        "join",
+        help="join the parts of a sharded build (build --num-shards K --shard-index I) into the DatasetDict",
+        description="Join the parts written by `build --num-shards K --shard-index I` (I = 0..K-1): drop "
+        "duplicates and leakage across parts, draw the field validation split, write the DatasetDict, "
+        "prep_report.json and dataset_balance.png: the same dataset as one `build` of the source.",
+    )
+    j.add_argument("parts", type=Path, nargs="+", metavar="PART", help="every part folder, in any order")
+    j.add_argument("--out", type=Path, required=True, help="output folder of the dataset")
+    j.add_argument(
+        "--strict", action="store_true", help="exit 1 if anything was skipped or fixed (same report)"
+    )
+    j.add_argument("--push-to-hub", metavar="REPO", default=None, help="push to this Hub dataset repo")
+    j.add_argument("--public", action="store_true", help="create the Hub repo public (default private)")
+    j.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_audit_command(sub: argparse._SubParsersAction) -> None:
@@ -226,15 +261,65 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from data_prep.build import FIGURE_NAME, StrictModeError, build_dataset
+    from data_prep.build import build_dataset
+
+    if args.num_shards is not None or args.shard_index is not None:
+        return _build_part(args)
+    out = args.out or Path(args.project_name) / "autotrain-data"
+    with _pixel_limit(args.max_pixels):
+        return _finish(
+            args,
+            out,
+            lambda: build_dataset(
+                args.source, out, args.layout, progress=not args.quiet, **_options(args, _BUILD_OPTIONS)
+            ),
+        )
+
+
+def _build_part(args: argparse.Namespace) -> int:
+    """``build --num-shards K --shard-index I``: write one part (see :mod:`data_prep.shards`)."""
+    from data_prep.shards import build_part
+
+    if args.num_shards is None or args.shard_index is None:
+        raise DataPrepError("a sharded build needs both --num-shards K and --shard-index I (0..K-1)")
+    if args.strict or args.push_to_hub:
+        raise DataPrepError("--strict and --push-to-hub apply to the dataset: give them to `data_prep join`")
+    if args.out is None:
+        raise DataPrepError("a sharded build needs --out, the folder of this shard's part")
+    options = {k: v for k, v in _options(args, _BUILD_OPTIONS).items() if k != "strict"}
+    with _pixel_limit(args.max_pixels):
+        part = build_part(
+            args.source,
+            args.out,
+            args.layout,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            progress=not args.quiet,
+            **options,
+        )
+    print(
+        f"shard {part['shard_index']} of {part['num_shards']}: {part['stats']['files']} of {part['files']} files, "
+        f"{len(part['rows'])} kept, {len(part['skips'])} skipped -> {args.out} "
+        f"(then: python -m data_prep join PART0 .. PART{part['num_shards'] - 1} --out DATASET)"
+    )
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from data_prep.shards import join_parts
+
+    return _finish(
+        args, args.out, lambda: join_parts(args.parts, args.out, strict=args.strict, progress=not args.quiet)
+    )
+
+
+def _finish(args: argparse.Namespace, out: Path, make: Callable[[], tuple[Any, dict[str, Any]]]) -> int:
+    """Run ``make`` (a build or a join), print the summary, push when asked; 1 for ``--strict`` findings."""
+    from data_prep.build import FIGURE_NAME, StrictModeError
     from data_prep.report import format_summary
 
-    out = args.out or Path(args.project_name) / "autotrain-data"
     try:
-        with _pixel_limit(args.max_pixels):
-            dsd, report = build_dataset(
-                args.source, out, args.layout, progress=not args.quiet, **_options(args, _BUILD_OPTIONS)
-            )
+        dsd, report = make()
     except StrictModeError as exc:
         print(format_summary(exc.report))
         print(f"error: {exc} (report: {out}/prep_report.json)", file=sys.stderr)
@@ -277,7 +362,7 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"sample": _sample, "build": _build, "audit": _audit}
+_COMMANDS = {"sample": _sample, "build": _build, "join": _join, "audit": _audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -281,12 +281,27 @@ def test_push_to_hub_uploads_the_folder_and_no_token(
     assert not any(token in m for m in messages)
 
 
+# two-process launchers; on a machine without CUDA the trainer's ranks form a gloo group. `accelerate
+# launch --multi_gpu` is the README's multi-GPU command (`--cpu` would start a single process)
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2", "--master_port"],
+    "accelerate": [
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+    ],
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_process_ddp_run_writes_outputs_once(
-    tmp_path, make_tiny_dataset, make_tiny_timm, tiny_config, class_names
+    tmp_path, make_tiny_dataset, make_tiny_timm, tiny_config, class_names, launcher
 ):
-    """`torchrun --nproc_per_node 2` (what `accelerate launch` does on several GPUs), here on CPU with
-    gloo: both ranks train, only the main process writes the folder, card and metrics."""
+    """`torchrun --nproc_per_node 2` and `accelerate launch --multi_gpu --num_processes 2` (the Trainer's
+    DDP), here on CPU with gloo: both ranks train, only the main process writes the folder, card and metrics."""
     from inference_app.testing import free_port
 
     make_tiny_dataset(tmp_path / "data")
@@ -298,10 +313,7 @@ def test_two_process_ddp_run_writes_outputs_once(
         [
             sys.executable,
             "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
+            *LAUNCHERS[launcher],
             str(free_port()),
             "-m",
             MODULE,

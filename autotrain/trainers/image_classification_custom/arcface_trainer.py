@@ -37,7 +37,7 @@ from autotrain.trainers.image_classification_custom.dataset import (
     create_sampler,
 )
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
-from autotrain.trainers.image_classification_custom.stages import RunContext
+from autotrain.trainers.image_classification_custom.stages import PROCESS_GROUP_TIMEOUT, RunContext
 
 
 class ArcFaceTrainer(Trainer):
@@ -202,7 +202,8 @@ def training_arguments(
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=use_cuda,
-        use_cpu=not use_cuda,  # lets several CPU processes (torchrun, `accelerate launch --cpu`) form a gloo group
+        use_cpu=not use_cuda,  # lets several CPU processes (torchrun, accelerate launch) form a gloo group
+        ddp_timeout=int(PROCESS_GROUP_TIMEOUT.total_seconds()),
         torch_compile=config.torch_compile,
         remove_unused_columns=False,
         ddp_find_unused_parameters=config.warmup_epochs > 0,

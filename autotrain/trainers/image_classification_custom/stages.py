@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,19 @@ def resolve_resume(config: ImageClassificationCustomParams) -> str | None:
     return value
 
 
+#: How long a rank waits for the others (NCCL's default is 10 minutes): at the end of a run the other
+#: ranks wait while the main one evaluates the test split and draws the map, which takes longer than
+#: that on a large collection.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+
+
 def start_run(config: ImageClassificationCustomParams) -> RunContext:
     """Process group, seed, token, checkpoint to resume; the main process writes ``training_params.json``."""
     wall_start = time.perf_counter()
-    # cpu=True without CUDA, so that several CPU processes (torchrun, `accelerate launch --cpu`) form a
-    # gloo group instead of each training alone; with CUDA, accelerate picks NCCL as usual.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # cpu=True without CUDA, so that several CPU processes (torchrun, `accelerate launch --multi_gpu
+    # --num_processes 2`) form a gloo group instead of each training alone; with CUDA, accelerate picks
+    # NCCL as usual. The group's timeout covers the other ranks' wait while the main one writes the outputs.
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
     if config.token and not os.environ.get("HF_TOKEN"):
         os.environ["HF_TOKEN"] = config.token  # private backbones/datasets; the token is never written
     set_seed(config.seed)

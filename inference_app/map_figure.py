@@ -51,8 +51,10 @@ class MapFigure:
         ids = list(ids) if ids is not None else [str(i) for i in range(len(species))]
         drawn = self.sample if len(species) == len(self.coords) else np.arange(len(species))
         if len(drawn) < len(species):
+            kinds, shown = len(set(species)), len({species[i] for i in drawn.tolist()})
+            which = f"all {kinds:,} species" if shown == kinds else f"{shown:,} of {kinds:,} species"
             note = (
-                f"showing the {len(drawn):,} reference images the map was fitted on (every species) of "
+                f"showing the {len(drawn):,} reference images the map was fitted on ({which}) of "
                 f"{len(species):,}; the others are placed on the same map"
             )
             title = f"{title}<br><sup>{note}</sup>" if title else note

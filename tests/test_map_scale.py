@@ -100,7 +100,11 @@ def test_app_map_of_a_sample_is_cached_placed_against_the_sample_and_drawn(tmp_p
 
     figure = cached.figure(list(labels), ["herbarium"] * 300)
     drawn = sum(len(trace.x) for trace in figure.data if trace.name in set(labels))
-    assert drawn == 100 and "showing the 100 reference images" in figure.layout.title.text
+    assert (
+        drawn == 100
+        and "showing the 100 reference images the map was fitted on (all 6 species) of 300"
+        in figure.layout.title.text
+    )
     small = TSNEMap(embeddings[:50], cached.coords[:50])  # a map of all its points: all drawn, no note
     figure = small.figure(list(labels[:50]), ["field"] * 50)
     assert (

@@ -28,6 +28,17 @@ def _env(name: str, default=None):
     return value if value not in (None, "") else default
 
 
+def _map_points(text) -> int:
+    """``--map-max-points``: an integer of at least 4 (a map needs 4 points)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 4:
+        raise argparse.ArgumentTypeError(f"--map-max-points must be an integer of at least 4, got {text!r}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The app's options; on a Space they come from environment variables (``MODEL_ID``, ``REFERENCE``, ...)."""
     parser = argparse.ArgumentParser(
@@ -72,8 +83,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--map-max-points",
-        type=int,
-        default=int(_env("MAP_MAX_POINTS", default_max_points())),
+        type=_map_points,
+        default=_map_points(_env("MAP_MAX_POINTS", default_max_points())),
         help="a larger reference set's map is fitted on a sample of this many images (every species in it), "
         "the others placed into it, and the figure draws that sample (env MAP_MAX_POINTS; default "
         "%(default)s)",

@@ -124,6 +124,8 @@ def test_app_with_a_small_map_max_points_end_to_end(tmp_path, monkeypatch):
     args = parse_args(["--model", str(model_dir), "--threads", "1"])
     assert args.map_max_points == 8
     assert parse_args(["--model", "m", "--map-max-points", "12"]).map_max_points == 12
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--map-max-points", "3"])
     predictor, index, tsne_map, *_ = load_components(args)
     assert len(index) == 20 and len(tsne_map.sample) == 8
     assert {index.reference.species[i] for i in tsne_map.sample} == set(SPECIES)

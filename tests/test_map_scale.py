@@ -146,3 +146,34 @@ def test_umap_above_max_points_fits_a_sample_and_places_the_rest():
     assert fitted.sampled and np.isfinite(fitted.coords).all()
     np.testing.assert_allclose(fitted.coords[fitted.sample], fitted.model.embedding_)
     assert set(labels[fitted.sample]) == set(labels)
+
+
+def test_reference_index_embeds_in_batches_and_searches_with_one_product(tmp_path):
+    """Start-up stays bounded for a large reference set: images are decoded and embedded one batch at a
+    time (never all at once), and a query's neighbours come from one ``(N, D) @ (D,)`` product."""
+    from inference_app.reference import ReferenceIndex, load_reference_set
+    from inference_app.testing import make_reference_dataset
+
+    reference = load_reference_set(make_reference_dataset(tmp_path / "data"))
+    rng = np.random.default_rng(0)
+
+    class BatchRecorder:
+        model_dir, from_hub, model_hash = None, False, "stub"
+
+        def __init__(self):
+            self.batches: list[int] = []
+
+        def embed(self, images):
+            self.batches.append(len(images))
+            vectors = rng.normal(size=(len(images), 8)).astype(np.float32)
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    recorder = BatchRecorder()
+    index = ReferenceIndex.build(
+        recorder, reference, cache_dir=tmp_path / "cache", batch_size=8, progress=False
+    )
+    assert recorder.batches == [8, 8, 4] and index.embeddings.shape == (20, 8)
+    query = index.embeddings[13]
+    best = index.neighbours(query, n=3)
+    assert best[0].index == 13 and best[0].similarity == pytest.approx(1.0, abs=1e-6)
+    assert [n.index for n in best] == list(np.argsort(-(index.embeddings @ query), kind="stable")[:3])

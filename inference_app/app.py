@@ -87,7 +87,8 @@ class AppSettings:
 
 
 class MapRenderer:
-    """Plotly JSON for the reference map, with the base traces serialised once (5,000 points ~ 1 MB)."""
+    """Plotly JSON for the reference map, with the base traces serialised once (5,000 points ~ 1 MB; a
+    map fitted on a sample draws that sample, at most ``--map-max-points`` points)."""
 
     def __init__(self, tsne_map: ReferenceMap, index: ReferenceIndex):
         self.tsne_map = tsne_map
@@ -383,7 +384,9 @@ def load_components(args: argparse.Namespace):
         key = ReferenceIndex.cache_key(predictor.model_hash, reference)
         examples = index.example_files(cache_dir / f"examples-{key}")
         if not args.no_map and len(index) >= 4:
-            tsne_map = load_map(args.map, index.embeddings, cache_dir)
+            tsne_map = load_map(
+                args.map, index.embeddings, cache_dir, index.reference.species, args.map_max_points
+            )
     return predictor, index, tsne_map, taxonomy, examples
 
 

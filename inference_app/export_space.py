@@ -37,6 +37,7 @@ APP_MODULES = (
     "evaluation_view.py",
     "identification.py",
     "images.py",
+    "map_figure.py",
     "options.py",
     "predictor.py",
     "reference.py",

@@ -1,7 +1,7 @@
 """The app's command line; on a Hugging Face Space the options come from environment variables.
 
 ``MODEL_ID``, ``REFERENCE``, ``REFERENCE_SPLIT``, ``TAXONOMY``, ``GENUS_FROM_NAME``, ``THRESHOLD``,
-``TOP_K``, ``COMBINE``, ``IMAGE_MAX_PIXELS``, ``MIN_SIDE``, ``KEEP_UPLOADS``, ``PORT`` set the
+``TOP_K``, ``COMBINE``, ``MAP``, ``MAP_MAX_POINTS``, ``IMAGE_MAX_PIXELS``, ``MIN_SIDE``, ``KEEP_UPLOADS``, ``PORT`` set the
 defaults of the matching options (``python inference_app/app.py --help`` lists them all).
 """
 
@@ -14,16 +14,29 @@ from collections.abc import Sequence
 from inference_app.identification import COMBINE_METHODS
 from inference_app.images import DEFAULT_MIN_SIDE, default_max_pixels
 from inference_app.predictor import DEFAULT_MODEL
+from inference_app.tsne_map import default_max_points
 
 # Uploads (and the files the app writes for the gallery) live in Gradio's cache folder: every
 # CACHE_SWEEP_S seconds, files older than KEEP_UPLOADS_S are deleted; all of them when the app stops.
 KEEP_UPLOADS_S = 3600
+
 CACHE_SWEEP_S = 300
 
 
 def _env(name: str, default=None):
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _map_points(text) -> int:
+    """``--map-max-points``: an integer of at least 4 (a map needs 4 points)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 4:
+        raise argparse.ArgumentTypeError(f"--map-max-points must be an integer of at least 4, got {text!r}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,6 +80,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         default=_env("MAP", "tsne"),
         help="the map of the reference set: t-SNE (openTSNE) or UMAP (umap-learn; ~20 s of numba "
         "compilation at start-up); new photos are placed into it (env MAP; default %(default)s)",
+    )
+    parser.add_argument(
+        "--map-max-points",
+        type=_map_points,
+        default=_map_points(_env("MAP_MAX_POINTS", default_max_points())),
+        help="a larger reference set's map is fitted on a sample of this many images (every species in it), "
+        "the others placed into it, and the figure draws that sample (env MAP_MAX_POINTS; default "
+        "%(default)s)",
     )
     parser.add_argument(
         "--taxonomy", default=_env("TAXONOMY"), help="CSV with columns species,genus[,family]"

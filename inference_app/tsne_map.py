@@ -13,6 +13,13 @@ kind of object (:class:`UMAPMap`): new photos are placed with ``UMAP.transform``
 reference points; its cache holds the coordinates too, and the neighbour graph placement needs is
 rebuilt from the embeddings on load (a one-epoch refit whose layout is then replaced by the cached one).
 :func:`load_map` picks the class by name.
+
+Large reference sets: above ``max_points`` (``embedding_map.DEFAULT_MAX_POINTS``, 10,000; the app's
+``--map-max-points``) the map is fitted on a sample with every species in it and the other images are
+placed into it (``embedding_map.fit_map``); the sample's indices are cached with the coordinates, and
+placement works against the sample only, so start-up from the cache and each query stay bounded. The
+figure then draws the fitted sample only (every species; a 50,000-point plotly figure is ~10 MB sent
+with every query and sluggish in the browser) and says so in its title.
 """
 
 from __future__ import annotations
@@ -24,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from inference_app.map_figure import MapFigure
 
-DOMAIN_SYMBOLS = {"herbarium": "circle", "field": "diamond", "unknown": "square"}
-QUERY_SYMBOL = "star"
+logger = logging.getLogger(__name__)
 
 
 def _embedding_map():
@@ -39,8 +45,9 @@ def _embedding_map():
     return embedding_map
 
 
-def _cached_coords(cache_dir: Path | None, name: str, n: int) -> np.ndarray | None:
-    """The ``(n, 2)`` coordinates cached as ``cache_dir/name``, or None (absent, unreadable or stale)."""
+def _cached_coords(cache_dir: Path | None, name: str, n: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The ``(n, 2)`` coordinates cached as ``cache_dir/name`` and the fitted sample's indices (None: all
+    points were fitted), or None (absent, unreadable or stale)."""
     if cache_dir is None:
         return None
     path = Path(cache_dir) / name
@@ -49,17 +56,19 @@ def _cached_coords(cache_dir: Path | None, name: str, n: int) -> np.ndarray | No
     try:
         with np.load(path, allow_pickle=False) as cached:
             coords = cached["coords"]
+            sample = cached["sample"] if "sample" in cached.files else None
     except (OSError, ValueError, KeyError) as error:
         logger.warning("unreadable map cache %s (%s): refitting", path, error)
         return None
-    if coords.shape != (n, 2):
+    if coords.shape != (n, 2) or (sample is not None and (sample.ndim != 1 or not np.all(sample < n))):
         return None
     logger.info("map from cache %s", path)
-    return coords
+    return coords, sample
 
 
-def _write_coords(cache_dir: Path | None, name: str, coords: np.ndarray) -> None:
-    """Cache ``(N, 2)`` coordinates as ``cache_dir/name`` (written to a temporary file, then renamed)."""
+def _write_coords(cache_dir: Path | None, name: str, coords: np.ndarray, sample: np.ndarray) -> None:
+    """Cache ``(N, 2)`` coordinates (and the ``(S,)`` fitted sample when ``S < N``) as ``cache_dir/name``
+    (written to a temporary file, then renamed)."""
     if cache_dir is None:
         return
     path = Path(cache_dir) / name
@@ -67,105 +76,48 @@ def _write_coords(cache_dir: Path | None, name: str, coords: np.ndarray) -> None
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         with temporary.open("wb") as handle:
-            np.savez(handle, coords=coords)
+            arrays = {"sample": sample} if len(sample) < len(coords) else {}
+            np.savez(handle, coords=coords, **arrays)
         temporary.replace(path)
     except OSError as error:
         logger.warning("could not write the map cache %s: %s", path, error)
 
 
-def _embeddings_digest(embeddings: np.ndarray, settings: str) -> str:
+def _embeddings_digest(
+    embeddings: np.ndarray, settings: str, labels: Sequence[str] | None = None, max_points: int | None = None
+) -> str:
+    """The cache key of a map: the embeddings and settings, plus the labels and ``max_points`` when the
+    map is sampled (so caches of maps at or below ``max_points`` keep their old keys)."""
     digest = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
     digest.update(settings.encode())
+    if max_points is not None and len(embeddings) > max_points:
+        digest.update(f":sample{max_points}:".encode())
+        digest.update("\n".join(map(str, labels if labels is not None else [])).encode())
     return digest.hexdigest()[:20]
 
 
-class MapFigure:
-    """The interactive figure of a 2-D map: subclasses set ``coords`` ``(N, 2)`` and ``title``."""
+def default_max_points() -> int:
+    """The most reference images a map is fitted on (``embedding_map.DEFAULT_MAX_POINTS``); more are
+    placed into it. The app's ``--map-max-points`` default."""
+    return int(_embedding_map().DEFAULT_MAX_POINTS)
 
-    coords: np.ndarray
-    title = "map"
 
-    def figure(
-        self,
-        species: Sequence[str],
-        domain: Sequence[str],
-        ids: Sequence[str] | None = None,
-        query_coords: np.ndarray | None = None,
-        query_names: Sequence[str] | None = None,
-        title: str | None = None,
-    ):
-        """An interactive plotly scatter: colour = species, marker = domain, star = query photos.
+def _max_points(max_points: int | None) -> int:
+    """``max_points``, or :func:`default_max_points`."""
+    return int(max_points) if max_points is not None else default_max_points()
 
-        Args:
-            species: species of each reference point (``N`` names, in ``coords`` order).
-            domain: ``"herbarium"``, ``"field"`` or ``"unknown"`` per point (the marker shape).
-            ids: hover text per point (default: the index).
-            query_coords: ``(M, 2)`` placed query photos, drawn as stars.
-            query_names: their labels (default ``"your photo 1"``, ...).
-            title: figure title.
 
-        Returns:
-            ``plotly.graph_objects.Figure``.
-        """
-        import plotly.graph_objects as go
+def _fit(embeddings: np.ndarray, method: str, labels, max_points: int | None, random_state: int, **kwargs):
+    """``embedding_map.fit_map`` (a full fit at or below ``max_points``, else sample + placement)."""
+    labels = list(labels) if labels is not None else None
+    return _embedding_map().fit_map(
+        embeddings, method, labels, _max_points(max_points), random_state, **kwargs
+    )
 
-        species, domain = list(species), list(domain)
-        ids = list(ids) if ids is not None else [str(i) for i in range(len(species))]
-        fig = go.Figure()
-        for trace in self._species_traces(species, domain, ids):
-            fig.add_trace(trace)
-        for domain_name in sorted(set(domain)):  # legend entries for the marker shapes
-            fig.add_trace(
-                go.Scatter(
-                    x=[None],
-                    y=[None],
-                    mode="markers",
-                    name=f"shape: {domain_name}",
-                    marker={"symbol": DOMAIN_SYMBOLS.get(domain_name, "square"), "color": "grey", "size": 8},
-                    hoverinfo="skip",
-                )
-            )
-        if query_coords is not None and len(query_coords):
-            fig.add_trace(_query_trace(np.atleast_2d(query_coords), query_names))
-        fig.update_layout(
-            title=title,
-            template="plotly_white",
-            height=560,
-            margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-            legend={"itemsizing": "constant", "font": {"size": 10}},
-            xaxis={"visible": False},
-            yaxis={"visible": False, "scaleanchor": "x"},
-        )
-        return fig
 
-    def _species_traces(self, species: list[str], domain: list[str], ids: list[str]) -> list:
-        """One scatter trace per species (colour), with a marker shape per point's domain."""
-        import plotly.graph_objects as go
-        from plotly.colors import qualitative
-
-        palette = qualitative.Dark24 + qualitative.Light24 + qualitative.Alphabet
-        traces = []
-        for colour_index, name in enumerate(sorted(set(species))):
-            rows = [i for i, s in enumerate(species) if s == name]
-            traces.append(
-                go.Scatter(
-                    x=self.coords[rows, 0],
-                    y=self.coords[rows, 1],
-                    mode="markers",
-                    name=name,
-                    legendgroup=name,
-                    marker={
-                        "color": palette[colour_index % len(palette)],
-                        "symbol": [DOMAIN_SYMBOLS.get(domain[i], "square") for i in rows],
-                        "size": 7,
-                        "opacity": 0.8,
-                        "line": {"width": 0.5, "color": "white"},
-                    },
-                    customdata=[[domain[i], ids[i]] for i in rows],
-                    hovertemplate=f"<b>{name}</b><br>%{{customdata[0]}}<br>%{{customdata[1]}}<extra></extra>",
-                )
-            )
-        return traces
+def _fitted_sample(n: int, sample: np.ndarray | None) -> np.ndarray:
+    """``(S,)`` int64 indices of the fitted points (``sample``, or all ``n``)."""
+    return np.arange(n, dtype=np.int64) if sample is None else np.asarray(sample, dtype=np.int64)
 
 
 class TSNEMap(MapFigure):
@@ -178,6 +130,8 @@ class TSNEMap(MapFigure):
         n_jobs: threads for openTSNE.
         random_state: seed.
         from_cache: whether ``coords`` came from the cache.
+        sample: ``(S,)`` indices of the points the map was fitted on (None: all); the others were placed
+            into it, and new photos are placed against the fitted points only.
     """
 
     title = "t-SNE"
@@ -190,13 +144,16 @@ class TSNEMap(MapFigure):
         n_jobs: int = 1,
         random_state: int = 0,
         from_cache: bool = False,
+        sample: np.ndarray | None = None,
     ):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.sample = _fitted_sample(len(self.embeddings), sample)
         coords = np.array(coords, dtype=np.float64)  # a copy: openTSNE moves its own array in place
-        # openTSNE's transform first centres the reference map on its bounding box: do it here, so that
+        # openTSNE's transform first centres the fitted map on its bounding box: do it here, so that
         # the coordinates shown and the ones new points are placed against are the same.
-        self.coords = coords - (coords.max(axis=0) + coords.min(axis=0)) / 2 if len(coords) else coords
-        self.perplexity = _embedding_map().tsne_perplexity(len(embeddings), perplexity)
+        fitted = coords[self.sample]
+        self.coords = coords - (fitted.max(axis=0) + fitted.min(axis=0)) / 2 if len(coords) else coords
+        self.perplexity = _embedding_map().tsne_perplexity(len(self.sample), perplexity)
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.from_cache = from_cache
@@ -210,8 +167,11 @@ class TSNEMap(MapFigure):
         n_iter: int = 500,
         n_jobs: int = 1,
         random_state: int = 0,
+        labels: Sequence[str] | None = None,
+        max_points: int | None = None,
     ) -> TSNEMap:
-        """Fit a new map with ``embedding_map.fit_tsne`` (openTSNE, cosine metric, PCA initialisation).
+        """Fit a new map with ``embedding_map.fit_map`` (openTSNE ``fit_tsne``: cosine metric, PCA
+        initialisation; above ``max_points`` fitted on a sample stratified by ``labels``, the rest placed).
 
         Args:
             embeddings: ``(N, D)`` reference embeddings; N >= 4.
@@ -219,20 +179,40 @@ class TSNEMap(MapFigure):
             n_iter: optimisation iterations after early exaggeration.
             n_jobs: threads.
             random_state: seed.
+            labels: ``(N,)`` species, for the sample.
+            max_points: the most points fitted (default ``embedding_map.DEFAULT_MAX_POINTS``).
 
         Raises:
             ValueError: fewer than 4 embeddings.
         """
-        embedding = _embedding_map().fit_tsne(embeddings, perplexity, n_iter, n_jobs, random_state)
-        tsne_map = cls(embeddings, np.asarray(embedding), perplexity, n_jobs, random_state)
-        embedding[:] = tsne_map.coords  # keep the fitted affinities, with the centred coordinates
+        fitted = _fit(
+            embeddings,
+            "tsne",
+            labels,
+            max_points,
+            random_state,
+            perplexity=perplexity,
+            n_iter=n_iter,
+            n_jobs=n_jobs,
+        )
+        tsne_map = cls(embeddings, fitted.coords, perplexity, n_jobs, random_state, sample=fitted.sample)
+        embedding = fitted.model
+        embedding[:] = tsne_map.coords[tsne_map.sample]  # keep the fitted affinities, centred coordinates
         tsne_map._embedding = embedding
         tsne_map._tsne_embedding()
         return tsne_map
 
     @staticmethod
-    def cache_key(embeddings: np.ndarray, perplexity: float, n_iter: int, random_state: int) -> str:
-        return _embeddings_digest(embeddings, f"{perplexity}:{n_iter}:{random_state}")
+    def cache_key(
+        embeddings: np.ndarray,
+        perplexity: float,
+        n_iter: int,
+        random_state: int,
+        labels: Sequence[str] | None = None,
+        max_points: int | None = None,
+    ) -> str:
+        settings = f"{perplexity}:{n_iter}:{random_state}"
+        return _embeddings_digest(embeddings, settings, labels, _max_points(max_points))
 
     @classmethod
     def load_or_fit(
@@ -243,14 +223,17 @@ class TSNEMap(MapFigure):
         n_iter: int = 500,
         n_jobs: int = 1,
         random_state: int = 0,
+        labels: Sequence[str] | None = None,
+        max_points: int | None = None,
     ) -> TSNEMap:
-        """The cached map for these embeddings, or a new fit written to ``cache_dir``."""
-        key = cls.cache_key(embeddings, perplexity, n_iter, random_state)
-        coords = _cached_coords(cache_dir, f"tsne-{key}.npz", len(embeddings))
-        if coords is not None:
-            return cls(embeddings, coords, perplexity, n_jobs, random_state, from_cache=True)
-        tsne_map = cls.fit(embeddings, perplexity, n_iter, n_jobs, random_state)
-        _write_coords(cache_dir, f"tsne-{key}.npz", tsne_map.coords)
+        """The cached map for these embeddings, or a new fit (:meth:`fit`) written to ``cache_dir``."""
+        name = f"tsne-{cls.cache_key(embeddings, perplexity, n_iter, random_state, labels, max_points)}.npz"
+        cached = _cached_coords(cache_dir, name, len(embeddings))
+        if cached is not None:
+            coords, sample = cached
+            return cls(embeddings, coords, perplexity, n_jobs, random_state, from_cache=True, sample=sample)
+        tsne_map = cls.fit(embeddings, perplexity, n_iter, n_jobs, random_state, labels, max_points)
+        _write_coords(cache_dir, name, tsne_map.coords, tsne_map.sample)
         return tsne_map
 
     def _tsne_embedding(self):
@@ -260,14 +243,15 @@ class TSNEMap(MapFigure):
             from openTSNE.affinity import PerplexityBasedNN
 
             affinities = PerplexityBasedNN(
-                self.embeddings,
+                self.embeddings[self.sample],
                 perplexity=self.perplexity,
                 metric="cosine",
                 n_jobs=self.n_jobs,
                 random_state=self.random_state,
                 verbose=False,
             )
-            self._embedding = TSNEEmbedding(self.coords.copy(), affinities, random_state=self.random_state)
+            fitted = self.coords[self.sample]  # a copy
+            self._embedding = TSNEEmbedding(fitted, affinities, random_state=self.random_state)
         # Placing a handful of points: one thread (joblib/thread start-up costs more than it saves: 50
         # iterations took 34 ms of CPU with 1 thread and 1.4 s with 2 on a busy 2-core machine) and FFT
         # repulsion ("auto" picks Barnes-Hut below 10,000 points: 10x slower for one query among 5,000).
@@ -286,7 +270,7 @@ class TSNEMap(MapFigure):
         """Place new embeddings into the fixed map.
 
         Each query starts at the map position of its most similar reference embedding (cosine), then
-        openTSNE's ``transform`` optimises it against the fixed reference points. (openTSNE's default
+        openTSNE's ``transform`` optimises it against the fixed fitted reference points. (openTSNE's default
         start, the median of the 25 nearest points, can sit between clusters in small maps.)
 
         Args:
@@ -303,7 +287,7 @@ class TSNEMap(MapFigure):
         nearest = np.argmax(queries @ self.embeddings.T, axis=1)
         scale = float(np.ptp(self.coords, axis=0).max()) or 1.0
         start = self.coords[nearest] + 1e-3 * scale  # a hair off the point itself
-        k = int(min(len(self.embeddings), max(3, 3 * perplexity)))
+        k = int(min(len(self.sample), max(3, 3 * perplexity)))
         perplexity = _embedding_map().tsne_perplexity(k, perplexity)
         placed = embedding.transform(queries, perplexity=perplexity, k=k, n_iter=n_iter, initialization=start)
         return np.asarray(placed, dtype=np.float64)
@@ -319,6 +303,8 @@ class UMAPMap(MapFigure):
         min_dist: minimum distance of the fit.
         random_state: seed.
         from_cache: whether ``coords`` came from the cache.
+        sample: ``(S,)`` indices of the points the map was fitted on (None: all); the others were placed
+            into it, and new photos are placed against the fitted points only.
     """
 
     title = "UMAP"
@@ -331,8 +317,10 @@ class UMAPMap(MapFigure):
         min_dist: float = 0.1,
         random_state: int = 0,
         from_cache: bool = False,
+        sample: np.ndarray | None = None,
     ):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.sample = _fitted_sample(len(self.embeddings), sample)
         self.coords = np.array(coords, dtype=np.float64)
         self.n_neighbors, self.min_dist, self.random_state = n_neighbors, min_dist, random_state
         self.from_cache = from_cache
@@ -340,16 +328,25 @@ class UMAPMap(MapFigure):
 
     @classmethod
     def fit(
-        cls, embeddings: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, random_state: int = 0
+        cls,
+        embeddings: np.ndarray,
+        n_neighbors: int = 15,
+        min_dist: float = 0.1,
+        random_state: int = 0,
+        labels: Sequence[str] | None = None,
+        max_points: int | None = None,
     ) -> UMAPMap:
-        """Fit a new map with ``embedding_map.fit_umap`` (cosine metric).
+        """Fit a new map with ``embedding_map.fit_map`` (``fit_umap``, cosine metric; above ``max_points``
+        fitted on a sample stratified by ``labels``, the rest placed with ``UMAP.transform``).
 
         Raises:
             ValueError: fewer than 4 embeddings.
         """
-        reducer = _embedding_map().fit_umap(embeddings, n_neighbors, min_dist, random_state)
-        umap_map = cls(embeddings, reducer.embedding_, n_neighbors, min_dist, random_state)
-        umap_map._reducer = reducer
+        fitted = _fit(
+            embeddings, "umap", labels, max_points, random_state, n_neighbors=n_neighbors, min_dist=min_dist
+        )
+        umap_map = cls(embeddings, fitted.coords, n_neighbors, min_dist, random_state, sample=fitted.sample)
+        umap_map._reducer = fitted.model
         return umap_map
 
     @classmethod
@@ -360,14 +357,20 @@ class UMAPMap(MapFigure):
         n_neighbors: int = 15,
         min_dist: float = 0.1,
         random_state: int = 0,
+        labels: Sequence[str] | None = None,
+        max_points: int | None = None,
     ) -> UMAPMap:
-        """The cached map for these embeddings, or a new fit written to ``cache_dir``."""
-        name = f"umap-{_embeddings_digest(embeddings, f'umap:{n_neighbors}:{min_dist}:{random_state}')}.npz"
-        coords = _cached_coords(cache_dir, name, len(embeddings))
-        if coords is not None:
-            return cls(embeddings, coords, n_neighbors, min_dist, random_state, from_cache=True)
-        umap_map = cls.fit(embeddings, n_neighbors, min_dist, random_state)
-        _write_coords(cache_dir, name, umap_map.coords)
+        """The cached map for these embeddings, or a new fit (:meth:`fit`) written to ``cache_dir``."""
+        settings = f"umap:{n_neighbors}:{min_dist}:{random_state}"
+        name = f"umap-{_embeddings_digest(embeddings, settings, labels, _max_points(max_points))}.npz"
+        cached = _cached_coords(cache_dir, name, len(embeddings))
+        if cached is not None:
+            coords, sample = cached
+            return cls(
+                embeddings, coords, n_neighbors, min_dist, random_state, from_cache=True, sample=sample
+            )
+        umap_map = cls.fit(embeddings, n_neighbors, min_dist, random_state, labels, max_points)
+        _write_coords(cache_dir, name, umap_map.coords, umap_map.sample)
         return umap_map
 
     def _umap(self):
@@ -375,9 +378,14 @@ class UMAPMap(MapFigure):
         rebuilt by a one-epoch fit, its layout replaced by the cached one)."""
         if self._reducer is None:
             reducer = _embedding_map().fit_umap(
-                self.embeddings, self.n_neighbors, self.min_dist, self.random_state, n_epochs=1, init="random"
+                self.embeddings[self.sample],
+                self.n_neighbors,
+                self.min_dist,
+                self.random_state,
+                n_epochs=1,
+                init="random",
             )
-            reducer.embedding_ = self.coords.astype(np.float32)
+            reducer.embedding_ = self.coords[self.sample].astype(np.float32)
             reducer.n_epochs = None  # placement: umap-learn's default number of epochs
             self._reducer = reducer
         return self._reducer
@@ -396,32 +404,22 @@ MAPS = {"tsne": TSNEMap, "umap": UMAPMap}
 ReferenceMap = TSNEMap | UMAPMap
 
 
-def load_map(method: str, embeddings: np.ndarray, cache_dir: Path | None) -> TSNEMap | UMAPMap:
-    """The ``method`` map (``"tsne"`` or ``"umap"``) of the reference embeddings, cached in ``cache_dir``,
-    ready to place photos.
+def load_map(
+    method: str,
+    embeddings: np.ndarray,
+    cache_dir: Path | None,
+    labels: Sequence[str] | None = None,
+    max_points: int | None = None,
+) -> TSNEMap | UMAPMap:
+    """The ``method`` map (``"tsne"`` or ``"umap"``) of the ``(N, D)`` reference embeddings, cached in
+    ``cache_dir``, ready to place photos; above ``max_points`` (default
+    ``embedding_map.DEFAULT_MAX_POINTS``) fitted on a sample stratified by ``labels`` (species).
 
     Raises:
         ValueError: an unknown method, or fewer than 4 embeddings.
     """
     if method not in MAPS:
         raise ValueError(f"unknown map {method!r}; expected one of {', '.join(MAPS)}")
-    embedding_map = MAPS[method].load_or_fit(embeddings, cache_dir)
+    embedding_map = MAPS[method].load_or_fit(embeddings, cache_dir, labels=labels, max_points=max_points)
     embedding_map.prepare()
     return embedding_map
-
-
-def _query_trace(query_coords: np.ndarray, query_names: Sequence[str] | None):
-    """The placed query photos ``(M, 2)`` as labelled stars."""
-    import plotly.graph_objects as go
-
-    names = list(query_names) if query_names else [f"your photo {i + 1}" for i in range(len(query_coords))]
-    return go.Scatter(
-        x=query_coords[:, 0],
-        y=query_coords[:, 1],
-        mode="markers+text",
-        name="your photo",
-        text=names,
-        textposition="top center",
-        marker={"symbol": QUERY_SYMBOL, "size": 20, "color": "black", "line": {"width": 2, "color": "gold"}},
-        hovertemplate="<b>%{text}</b><extra></extra>",
-    )

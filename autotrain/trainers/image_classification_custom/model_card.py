@@ -385,7 +385,8 @@ def plot_tsne(
     title: str = "t-SNE of the ArcFace embeddings",
     method: str = "tsne",
 ) -> TsnePlot:
-    """2-D map (``embedding_map.map_coordinates``: t-SNE, or UMAP) of ``embeddings``, coloured by species
+    """2-D map (``embedding_map.map_coordinates``: t-SNE, or UMAP; above ``DEFAULT_MAX_POINTS`` fitted on a
+    sample with every species, the rest placed) of ``embeddings``, coloured by species
     (:func:`species_colour`), marker by domain (o field, ^ herbarium).
 
     Args:
@@ -412,7 +413,7 @@ def plot_tsne(
     n = len(embeddings)
     if n < 5:
         raise ValueError(f"a map needs at least 5 points, got {n}")
-    coords = map_coordinates(embeddings, method, random_state=seed)
+    coords = map_coordinates(embeddings, method, random_state=seed, labels=labels)
     labels, domains = np.asarray(labels), np.asarray(domains)
     fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=120)
     for domain, marker, name in _TSNE_LAYERS:

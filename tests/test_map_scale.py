@@ -177,3 +177,18 @@ def test_reference_index_embeds_in_batches_and_searches_with_one_product(tmp_pat
     best = index.neighbours(query, n=3)
     assert best[0].index == 13 and best[0].similarity == pytest.approx(1.0, abs=1e-6)
     assert [n.index for n in best] == list(np.argsort(-(index.embeddings @ query), kind="stable")[:3])
+
+
+def test_all_zero_embeddings_get_finite_map_coordinates(caplog):
+    # at a tiny image size the backbone gave some images all-zero features and the trainer's t-SNE
+    # crashed with "Input X contains NaN" (a zero vector has no cosine distance)
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(40, 16)).astype(np.float32)
+    embeddings[[3, 17, 29]] = 0.0
+    with caplog.at_level("WARNING"):
+        coords = embedding_map.fit_tsne(embeddings, n_iter=50)
+    assert np.isfinite(np.asarray(coords)).all()
+    assert "3 of 40 embeddings are all zero" in caplog.text
+    # the zero rows sit together: closer to each other than to the typical point
+    spread = np.linalg.norm(np.asarray(coords) - np.asarray(coords).mean(0), axis=1).mean()
+    assert np.linalg.norm(np.asarray(coords)[3] - np.asarray(coords)[17]) < spread

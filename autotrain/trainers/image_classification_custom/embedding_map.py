@@ -48,10 +48,22 @@ def tsne_perplexity(n: int, perplexity: float = DEFAULT_PERPLEXITY) -> float:
 
 
 def _map_input(embeddings: np.ndarray, method: str) -> np.ndarray:
-    """``(N, D)`` embeddings as contiguous float32; ValueError naming ``method`` when ``N < MIN_POINTS``."""
+    """``(N, D)`` embeddings as contiguous float32; ValueError naming ``method`` when ``N < MIN_POINTS``.
+
+    A zero row has no cosine distance (openTSNE and UMAP then fail with "Input contains NaN"): zero rows
+    (a backbone whose features are all zero for some images, e.g. at a tiny image size) are given one
+    shared direction, so they sit together on the map, and a warning counts them.
+    """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if len(embeddings) < MIN_POINTS:
         raise ValueError(f"a {method} map needs at least {MIN_POINTS} images, got {len(embeddings)}")
+    zero = ~np.any(embeddings, axis=1)
+    if zero.any():
+        logger.warning(
+            f"{int(zero.sum())} of {len(embeddings)} embeddings are all zero: drawn together on the map"
+        )
+        embeddings = embeddings.copy()
+        embeddings[zero] = 1.0 / np.sqrt(embeddings.shape[1])
     return embeddings
 
 

@@ -93,24 +93,26 @@ def confused_pairs(
 
     Returns:
         ``[{"species_a", "species_b", "a_as_b", "b_as_a", "count"}]`` with ``a`` before ``b`` in label
-        order, ``count = a_as_b + b_as_a > 0``; ties keep label order.
+        order, ``count = a_as_b + b_as_a > 0``; ties keep label order. Memory ``O(N)``: the pairs are
+        counted from the wrong answers, no ``(C, C)`` confusion matrix.
     """
-    from sklearn.metrics import confusion_matrix
-
     labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) == 0:
-        return []
-    matrix = confusion_matrix(labels, np.asarray(predictions, dtype=np.int64), labels=range(len(class_names)))
-    both = np.triu(matrix + matrix.T, k=1)  # (a, b) with a < b: both directions
-    a, b = np.nonzero(both)
-    order = np.lexsort((b, a, -both[a, b]))[:top]
+    predictions = np.asarray(predictions, dtype=np.int64)
+    wrong = labels != predictions  # counted per pair: O(N) memory, no (C, C) confusion matrix
+    true, answer = labels[wrong], predictions[wrong]
+    a, b = np.minimum(true, answer), np.maximum(true, answer)
+    pairs, where = np.unique(a * len(class_names) + b, return_inverse=True)
+    both = np.bincount(where, minlength=len(pairs))
+    a_as_b = np.bincount(where, weights=true < answer, minlength=len(pairs)).astype(np.int64)
+    a, b = pairs // len(class_names), pairs % len(class_names)
+    order = np.lexsort((b, a, -both))[:top]
     return [
         {
             "species_a": class_names[a[i]],
             "species_b": class_names[b[i]],
-            "a_as_b": int(matrix[a[i], b[i]]),
-            "b_as_a": int(matrix[b[i], a[i]]),
-            "count": int(both[a[i], b[i]]),
+            "a_as_b": int(a_as_b[i]),
+            "b_as_a": int(both[i] - a_as_b[i]),
+            "count": int(both[i]),
         }
         for i in order
     ]

@@ -108,6 +108,13 @@ def test_summary_is_what_the_whole_matrix_formulas_give(seed):
     np.testing.assert_array_equal(summary.groups["genus"], (probs @ membership).argmax(axis=1))
 
 
+def test_summary_names_bad_labels():
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 3\)"):
+        score_rows.summarize(np.zeros((2, 3)), np.array([0, -100]))
+    with pytest.raises(ValueError, match="3 labels for 2 rows"):
+        score_rows.summarize(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_confused_pairs_without_a_confusion_matrix_equal_the_matrix_ones(seed):
     """Pairs counted from the wrong answers (O(N)) equal those of sklearn's (C, C) confusion matrix."""

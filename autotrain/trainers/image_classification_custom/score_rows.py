@@ -217,13 +217,15 @@ def summarize(
         rows: rows per chunk.
 
     Raises:
-        ValueError: ``labels`` does not have one id per row.
+        ValueError: ``labels`` does not have one id in ``[0, C)`` per row.
     """
     scores = as_rows(scores)
     labels = np.asarray(labels, dtype=np.int64)
-    n, _ = scores.shape
+    n, c = scores.shape
     if len(labels) != n:
         raise ValueError(f"{len(labels)} labels for {n} rows of class scores")
+    if n and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"labels must be class ids in [0, {c}), got {labels.min()}..{labels.max()}")
     columns = {name: _group_columns(g) for name, g in (groups or {}).items()}
     parts: list[tuple[np.ndarray, ...]] = [
         _summarize_block(block, labels[start : start + len(block)], columns)

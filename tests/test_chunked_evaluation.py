@@ -5,6 +5,7 @@ and, for the per-image quantities, the formulas the metrics used before they wer
 ranks, softmax and genus sums), written out below.
 """
 
+import json
 import tracemalloc
 
 import numpy as np
@@ -300,3 +301,45 @@ def test_temperature_fit_memory_stays_below_the_logits_matrix():
     finally:
         tracemalloc.stop()
     assert peak < n * c * 8 / 2, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_a_training_run_in_chunks_of_7_reports_the_metrics_of_its_saved_model(
+    tmp_path, monkeypatch, make_tiny_dataset, make_tiny_timm, tiny_config, class_names
+):
+    """A whole run in-process (prototype baseline, Trainer evaluation, WiSE-FT selection, temperature,
+    reports, genus top-1) with chunks of 7 rows: metrics.json holds the numbers of the saved model's
+    logits on the test split computed in one piece."""
+    from datasets import load_from_disk
+
+    from autotrain.trainers.image_classification_custom.__main__ import train
+    from autotrain.trainers.image_classification_custom.dataset import decode_images
+    from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceForImageClassification
+
+    in_chunks(monkeypatch, 7, c=len(class_names))
+    data = make_tiny_dataset(tmp_path / "data")
+    taxonomy = tmp_path / "taxonomy.csv"
+    taxonomy.write_text("species,genus\nacer,Acer\nbetula,Betula\ncarex,Carex\n")
+    config = tiny_config(
+        "proj", str(data), str(make_tiny_timm(tmp_path / "timm")), tsne=False,
+        wise_ft_select=True, taxonomy_file=str(taxonomy),
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    train(config)
+    metrics = json.loads((tmp_path / "proj" / "metrics.json").read_text())
+    assert {"baseline_prototypes", "taxonomy_top1", "per_species"} <= set(metrics)
+    assert metrics["wise_ft"]["selection"] is not None
+    model = ArcFaceForImageClassification.from_pretrained(str(tmp_path / "proj")).eval()
+    test = load_from_disk(str(data))["test"]
+    pixels = decode_images(test, "image", model.config.image_size, model.config.image_interpolation)
+    mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits.numpy()
+    one_piece(monkeypatch)
+    labels, domains = np.array(test["label"]), np.array(test["domain"])
+    expected = M.evaluation_report(logits, labels, domains, np.array([True, True, True, False]))
+    for subset, values in expected.items():
+        for key in ("top1", "top5", "mrr", "n"):
+            assert metrics["test"][subset][key] == pytest.approx(values[key], abs=1e-6), (subset, key)

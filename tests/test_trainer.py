@@ -237,10 +237,13 @@ def test_embedder_gives_the_numbers_of_a_direct_model_pass(tiny_model):
     collator = NormalizeCollator(model.config.image_mean, model.config.image_std)
     embedder = Embedder(model, collator, 3, 32, "bilinear", torch.device("cpu"))
     features = embedder.features(images)
-    embeddings, logits = embedder.embed_and_logits(images)
+    embeddings, lazy = embedder.embed(images), embedder.logits(images)
+    logits = lazy.rows(0, len(images))  # the HeadLogits of the embeddings, read here in one block
     order = np.array([5, 0, 3])
-    some_embeddings, some_logits = embedder.embed_and_logits(images, order)
+    some_embeddings, some_logits = embedder.embed(images, order), embedder.logits(images, order).rows(0, 3)
     assert model.training  # the mode is restored
+    assert lazy.shape == (7, 4) and np.array_equal(lazy.embeddings, embeddings)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in lazy.chunks(2)]), logits)
 
     mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)

@@ -273,9 +273,12 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=valid_dataset,
         data_collator=ctx.collator,
-        compute_metrics=M.make_compute_metrics(validation.domains, data.class_has_field)
+        # each evaluation batch's logits are reduced to a per-image summary (rank, top-1, confidence)
+        # before the Trainer gathers them: it never concatenates the (N, C) logits
+        compute_metrics=M.make_compute_metrics(validation.domains, data.class_has_field, summarized=True)
         if evaluate
         else None,
+        preprocess_logits_for_metrics=M.summarize_logits_for_metrics if evaluate else None,
         callbacks=callbacks,
         sampler_factory=sampler_factory,
         backbone_lr=config.resolved_backbone_lr,

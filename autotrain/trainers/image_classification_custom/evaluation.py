@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from autotrain.trainers.image_classification_custom.metrics import softmax, true_class_ranks
+from autotrain.trainers.image_classification_custom.score_rows import RowSummary, ScoreRows, summarize
 from data_prep.contract import FIELD, HERBARIUM, TAXONOMY_UNLISTED
 
 TOP_CONFUSED_PAIRS = 10
@@ -35,7 +35,7 @@ UNLISTED = TAXONOMY_UNLISTED
 
 
 def per_species(
-    scores: np.ndarray,
+    scores: np.ndarray | ScoreRows,
     labels: np.ndarray,
     class_names: Sequence[str],
     class_has_field: np.ndarray | None = None,
@@ -43,7 +43,8 @@ def per_species(
     """One row per species with images: ``species, herbarium_only, images, top1, top5, mrr``.
 
     Args:
-        scores: ``(N, C)`` class scores (logits or similarities; only their order matters).
+        scores: ``(N, C)`` class scores (logits or similarities; only their order matters), an array or
+            a :class:`ScoreRows` (read in row chunks).
         labels: ``(N,)`` true class ids.
         class_names: ``C`` species names (label order).
         class_has_field: ``(C,)`` bool, True where the training split has a field photo of the species;
@@ -52,11 +53,17 @@ def per_species(
     Returns:
         Rows in label order; species without images in ``labels`` are left out.
     """
-    labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return []
-    ranks = true_class_ranks(scores, labels)
-    top5 = min(5, np.asarray(scores).shape[1])
+    return species_rows(summarize(scores, labels), class_names, class_has_field)
+
+
+def species_rows(
+    summary: RowSummary, class_names: Sequence[str], class_has_field: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """:func:`per_species` of a :class:`RowSummary` (its true-class ranks; top-5 is ``rank <= 5``, a
+    rank being at most C)."""
+    labels, ranks = summary.labels, summary.rank
     rows = []
     for c in np.unique(labels):
         r = ranks[labels == c]
@@ -66,7 +73,7 @@ def per_species(
                 "herbarium_only": None if class_has_field is None else not bool(class_has_field[c]),
                 "images": int(len(r)),
                 "top1": float((r <= 1).mean()),
-                "top5": float((r <= top5).mean()),
+                "top5": float((r <= 5).mean()),
                 "mrr": float((1.0 / r).mean()),
             }
         )
@@ -86,24 +93,26 @@ def confused_pairs(
 
     Returns:
         ``[{"species_a", "species_b", "a_as_b", "b_as_a", "count"}]`` with ``a`` before ``b`` in label
-        order, ``count = a_as_b + b_as_a > 0``; ties keep label order.
+        order, ``count = a_as_b + b_as_a > 0``; ties keep label order. Memory ``O(N)``: the pairs are
+        counted from the wrong answers, no ``(C, C)`` confusion matrix.
     """
-    from sklearn.metrics import confusion_matrix
-
     labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) == 0:
-        return []
-    matrix = confusion_matrix(labels, np.asarray(predictions, dtype=np.int64), labels=range(len(class_names)))
-    both = np.triu(matrix + matrix.T, k=1)  # (a, b) with a < b: both directions
-    a, b = np.nonzero(both)
-    order = np.lexsort((b, a, -both[a, b]))[:top]
+    predictions = np.asarray(predictions, dtype=np.int64)
+    wrong = labels != predictions  # counted per pair: O(N) memory, no (C, C) confusion matrix
+    true, answer = labels[wrong], predictions[wrong]
+    a, b = np.minimum(true, answer), np.maximum(true, answer)
+    pairs, where = np.unique(a * len(class_names) + b, return_inverse=True)
+    both = np.bincount(where, minlength=len(pairs))
+    a_as_b = np.bincount(where, weights=true < answer, minlength=len(pairs)).astype(np.int64)
+    a, b = pairs // len(class_names), pairs % len(class_names)
+    order = np.lexsort((b, a, -both))[:top]
     return [
         {
             "species_a": class_names[a[i]],
             "species_b": class_names[b[i]],
-            "a_as_b": int(matrix[a[i], b[i]]),
-            "b_as_a": int(matrix[b[i], a[i]]),
-            "count": int(both[a[i], b[i]]),
+            "a_as_b": int(a_as_b[i]),
+            "b_as_a": int(both[i] - a_as_b[i]),
+            "count": int(both[i]),
         }
         for i in order
     ]
@@ -168,13 +177,47 @@ def domain_gap(
     }
 
 
+def taxonomy_groups(
+    class_names: Sequence[str], rank_of: Mapping[str, str]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each species' group at a coarser rank: ``(group index (C,), listed (C,) bool, number of groups)``.
+
+    Groups are the sorted distinct names ``rank_of`` gives the species (those it lacks under
+    :data:`UNLISTED`, not listed and not counted).
+    """
+    group_of_class = [rank_of.get(name, UNLISTED) for name in class_names]
+    groups = sorted(set(group_of_class))
+    column = {g: i for i, g in enumerate(groups)}
+    index = np.array([column[g] for g in group_of_class], dtype=np.int64)
+    listed = np.array([g != UNLISTED for g in group_of_class], dtype=bool)
+    return index, listed, len(set(group_of_class) - {UNLISTED})
+
+
+def group_top1(
+    predicted_group: np.ndarray,
+    labels: np.ndarray,
+    group_of_class: np.ndarray,
+    listed: np.ndarray,
+    groups: int,
+) -> dict[str, Any]:
+    """``{"top1", "n", "groups"}`` of :func:`rank_top1` from each image's most probable group ``(N,)``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counted = listed[labels]
+    n = int(counted.sum())
+    if n == 0:
+        return {"top1": float("nan"), "n": 0, "groups": groups}
+    top1 = float((predicted_group[counted] == group_of_class[labels][counted]).mean())
+    return {"top1": top1, "n": n, "groups": groups}
+
+
 def rank_top1(
-    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str], rank_of: Mapping[str, str]
+    logits: np.ndarray | ScoreRows, labels: np.ndarray, class_names: Sequence[str], rank_of: Mapping[str, str]
 ) -> dict[str, Any]:
     """Top-1 at a coarser rank: the species probabilities summed per group (genus or family).
 
     Args:
-        logits: ``(N, C)`` logits (softmax gives the species probabilities).
+        logits: ``(N, C)`` logits (softmax gives the species probabilities), an array or a
+            :class:`ScoreRows` (read in row chunks).
         labels: ``(N,)`` true class ids.
         class_names: ``C`` species names.
         rank_of: species name -> group name; species missing from it are summed under
@@ -185,21 +228,9 @@ def rank_top1(
         probable group is that one (NaN when ``n`` is 0), ``n`` those images, ``groups`` the distinct groups
         of the model's species.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    group_of_class = [rank_of.get(name, UNLISTED) for name in class_names]
-    groups = sorted(set(group_of_class))
-    column = {g: i for i, g in enumerate(groups)}
-    membership = np.zeros((len(class_names), len(groups)))
-    membership[np.arange(len(class_names)), [column[g] for g in group_of_class]] = 1.0
-    true_group = np.array([column[group_of_class[c]] for c in labels], dtype=np.int64)
-    listed = np.array([group_of_class[c] != UNLISTED for c in labels], dtype=bool)
-    n = int(listed.sum())
-    n_groups = len(set(group_of_class) - {UNLISTED})
-    if n == 0:
-        return {"top1": float("nan"), "n": 0, "groups": n_groups}
-    group_probs = softmax(np.asarray(logits)[listed]) @ membership
-    top1 = float((group_probs.argmax(axis=1) == true_group[listed]).mean())
-    return {"top1": top1, "n": n, "groups": n_groups}
+    index, listed, groups = taxonomy_groups(class_names, rank_of)
+    summary = summarize(logits, labels, {"rank": index})
+    return group_top1(summary.groups["rank"], labels, index, listed, groups)
 
 
 def species_missing(class_names: Sequence[str], genus: Mapping[str, str]) -> list[str]:
@@ -217,7 +248,7 @@ def evaluated_images(domains: np.ndarray) -> tuple[np.ndarray, str]:
 
 def species_evaluation(
     split: str,
-    logits: np.ndarray,
+    logits: np.ndarray | ScoreRows,
     labels: np.ndarray,
     domains: np.ndarray,
     class_names: Sequence[str],
@@ -226,9 +257,11 @@ def species_evaluation(
 ) -> dict[str, Any]:
     """``per_species``, ``confused_pairs`` and (with a taxonomy) ``taxonomy_top1`` of one split.
 
+    The logits are read once in row chunks (:func:`score_rows.summarize`), never held as ``(N, C)``.
+
     Args:
         split: the split's name (written beside the numbers).
-        logits: ``(N, C)`` at the inference temperature.
+        logits: ``(N, C)`` at the inference temperature, an array or a :class:`ScoreRows`.
         labels: ``(N,)`` class ids.
         domains: ``(N,)`` domain ids.
         class_names: species names.
@@ -241,22 +274,27 @@ def species_evaluation(
         species is in the taxonomy) and ``species_missing`` (the model's species without a genus).
     """
     mask, subset = evaluated_images(domains)
-    logits, labels = np.asarray(logits)[mask], np.asarray(labels, dtype=np.int64)[mask]
+    ranks = {}
+    if taxonomy is not None:
+        genus, family = taxonomy  # genus always; family when the taxonomy has one
+        named = {"genus": genus, **({"family": family} if family else {})}
+        ranks = {name: taxonomy_groups(class_names, m) for name, m in named.items()}
+    summary = summarize(logits, labels, {name: r[0] for name, r in ranks.items()}).take(mask)
     where = {"split": split, "images": subset}
     out: dict[str, Any] = {
-        "per_species": {**where, "rows": per_species(logits, labels, class_names, class_has_field)},
-        "confused_pairs": {**where, "pairs": confused_pairs(logits.argmax(axis=1), labels, class_names)},
+        "per_species": {**where, "rows": species_rows(summary, class_names, class_has_field)},
+        "confused_pairs": {**where, "pairs": confused_pairs(summary.prediction, summary.labels, class_names)},
     }
     if taxonomy is not None:
-        genus, family = taxonomy
         out["taxonomy_top1"] = {
             **where,
-            "of": int(len(labels)),
-            "species_missing": len(species_missing(class_names, genus)),
-            "genus": rank_top1(logits, labels, class_names, genus),
+            "of": int(len(summary)),
+            "species_missing": len(species_missing(class_names, taxonomy[0])),
         }
-        if family:
-            out["taxonomy_top1"]["family"] = rank_top1(logits, labels, class_names, family)
+        for name, (index, listed, groups) in ranks.items():
+            out["taxonomy_top1"][name] = group_top1(
+                summary.groups[name], summary.labels, index, listed, groups
+            )
     return out
 
 

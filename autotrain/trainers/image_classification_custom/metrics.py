@@ -20,6 +20,12 @@ so a validation split that lacks some training classes (species without field ph
 Subsets: ``all``; each domain (``herbarium``, ``field``) present; and the class groups
 ``with_field`` (classes that have field photos in the training split) and ``herbarium_only`` (classes
 trained from herbarium sheets only: the data-deficient species this project is about).
+
+Memory: no function here holds an (N, C) matrix beyond the scores it is given. Scores are read in row
+chunks (an array, or a :class:`score_rows.ScoreRows` such as logits computed chunk by chunk from
+embeddings), each image reduced to a :class:`score_rows.RowSummary`, and every metric is a reduction of
+that summary (the ``summary_*`` functions): ``O(N + chunk x C)`` extra memory, the same numbers as the
+whole matrix at once.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from autotrain.trainers.image_classification_custom.score_rows import (  # noqa: F401  (softmax: re-exported)
+    RowSummary,
+    ScoreRows,
+    as_rows,
+    block_ranks,
+    softmax,
+    summarize,
+)
 from data_prep.contract import DOMAINS, FIELD
 
 GROUP_NAMES = ("with_field", "herbarium_only")
@@ -36,24 +50,27 @@ METRIC_NAMES = ("top1", "top5", "mrr", "macro_f1", "ece")
 ECE_BINS = 15
 
 
-def true_class_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """1-based rank of the true class of each row of ``scores`` (N, C); ties count in its favour."""
-    scores = np.asarray(scores, dtype=np.float64)
+def true_class_ranks(
+    scores: np.ndarray | ScoreRows, labels: np.ndarray, rows: int | None = None
+) -> np.ndarray:
+    """1-based rank ``(N,)`` of the true class of each row of ``scores`` (N, C), read ``rows`` rows at a
+    time (:func:`score_rows.chunk_rows`); ties count in its favour."""
+    scores = as_rows(scores)
     labels = np.asarray(labels, dtype=np.int64)
-    true = scores[np.arange(len(labels)), labels]
-    return 1 + (scores > true[:, None]).sum(axis=1)
+    parts = [block_ranks(b, labels[s : s + len(b)]) for s, b in scores.chunks(rows)]
+    return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
 
 
-def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+def top_k_accuracy(scores: np.ndarray | ScoreRows, labels: np.ndarray, k: int) -> float:
     """Fraction of rows whose true class ranks within the top ``k`` (k capped at the class count)."""
     if len(labels) == 0:
         return float("nan")
-    k = min(k, np.asarray(scores).shape[1])
+    k = min(k, as_rows(scores).shape[1])
     return float((true_class_ranks(scores, labels) <= k).mean())
 
 
-def mean_reciprocal_rank(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean of 1/rank of the true class."""
+def mean_reciprocal_rank(scores: np.ndarray | ScoreRows, labels: np.ndarray) -> float:
+    """Mean of 1/rank of the true class (``scores`` (N, C) read in chunks)."""
     if len(labels) == 0:
         return float("nan")
     return float((1.0 / true_class_ranks(scores, labels)).mean())
@@ -76,31 +93,12 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0.0))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) logits, in float64."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def reliability_bins(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
-    """Reliability diagram data: per equal-width confidence bin, ``lo, hi, n, confidence, accuracy``.
-
-    Args:
-        logits: (N, C) logits; confidence is the top-1 softmax probability.
-        labels: (N,) true class ids.
-        bins: number of bins over [0, 1].
-
-    Returns:
-        One dict per non-empty bin (mean confidence and accuracy of the images in it).
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) == 0:
+def summary_reliability_bins(summary: RowSummary, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """:func:`reliability_bins` of a :class:`RowSummary` (its ``confidence`` and ``softmax_prediction``)."""
+    if len(summary) == 0:
         return []
-    probs = softmax(logits)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+    conf = summary.confidence
+    correct = summary.softmax_prediction == summary.labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
     out = []
@@ -119,74 +117,154 @@ def reliability_bins(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BIN
     return out
 
 
-def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE of the top-1 softmax confidence (see the module docstring); NaN without images."""
-    rows = reliability_bins(logits, labels, bins)
+def reliability_bins(
+    logits: np.ndarray | ScoreRows, labels: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """Reliability diagram data: per equal-width confidence bin, ``lo, hi, n, confidence, accuracy``.
+
+    Args:
+        logits: (N, C) logits (array or :class:`ScoreRows`, read in chunks); confidence is the top-1
+            softmax probability.
+        labels: (N,) true class ids.
+        bins: number of bins over [0, 1].
+
+    Returns:
+        One dict per non-empty bin (mean confidence and accuracy of the images in it).
+    """
+    if len(labels) == 0:
+        return []
+    return summary_reliability_bins(summarize(logits, labels), bins)
+
+
+def summary_ece(summary: RowSummary, bins: int = ECE_BINS) -> float:
+    """:func:`expected_calibration_error` of a :class:`RowSummary`; NaN without images."""
+    rows = summary_reliability_bins(summary, bins)
     n = sum(r["n"] for r in rows)
     if n == 0:
         return float("nan")
     return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows) / n)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def expected_calibration_error(
+    logits: np.ndarray | ScoreRows, labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE of the top-1 softmax confidence of (N, C) ``logits`` (see the module docstring); NaN without
+    images."""
+    if len(labels) == 0:
+        return float("nan")
+    return summary_ece(summarize(logits, labels), bins)
+
+
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+"""The coarse log grid of :func:`fit_temperature`."""
+
+
+def temperature_nll(
+    logits: np.ndarray | ScoreRows, labels: np.ndarray, temperatures: Sequence[float], rows: int | None = None
+) -> np.ndarray:
+    """Mean negative log-likelihood of ``softmax(logits / t)`` for each ``t`` of ``temperatures``.
+
+    ``logits`` (N, C) are read once, ``rows`` rows at a time (default :func:`score_rows.chunk_rows`):
+    each chunk's per-image NLLs are summed, and the chunk sums added. In one chunk (N x C up to
+    :data:`score_rows.CHUNK_ELEMENTS`) that is numpy's mean of the whole; in several, the float sum is
+    taken in another order (relative difference ~1e-16).
+
+    Returns:
+        ``(len(temperatures),)`` float64.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sums = []
+    for start, block in as_rows(logits).chunks(rows):
+        z = np.asarray(block, dtype=np.float64)
+        index = (np.arange(len(z)), labels[start : start + len(z)])
+        per_t = np.empty(len(temperatures))
+        for i, t in enumerate(temperatures):
+            q = z / t
+            q -= q.max(axis=1, keepdims=True)
+            true = q[index]
+            np.exp(q, out=q)
+            per_t[i] = (np.log(q.sum(axis=1)) - true).sum()
+        sums.append(per_t)
+    return np.sum(sums, axis=0) / len(labels)
+
+
+def fit_temperature(logits: np.ndarray | ScoreRows, labels: np.ndarray, rows: int | None = None) -> float:
     """Temperature ``T`` minimising the negative log-likelihood of ``softmax(logits / T)``.
 
     Temperature scaling (Guo et al., ICML 2017): one scalar, fitted on held-out data; it never changes the
-    ranking. Searched on a log grid over [0.05, 20] (400 points), then refined around the best point.
+    ranking. Searched on a log grid over [0.05, 20] (400 points), then refined around the best point;
+    each search reads the logits once in chunks (:func:`temperature_nll`).
 
     Args:
-        logits: (N, C) logits at ``T = 1``.
+        logits: (N, C) logits at ``T = 1`` (array or :class:`ScoreRows`).
         labels: (N,) true class ids, N >= 1.
+        rows: rows per chunk (default :func:`score_rows.chunk_rows`).
 
     Returns:
         ``T > 0``.
+
+    Raises:
+        ValueError: no images.
     """
-    z = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         raise ValueError("fit_temperature needs at least one image")
-
-    def nll(t: float) -> float:
-        q = z / t
-        q = q - q.max(axis=1, keepdims=True)
-        return float((np.log(np.exp(q).sum(axis=1)) - q[np.arange(len(labels)), labels]).mean())
-
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
-    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    best = TEMPERATURE_GRID[int(np.argmin(temperature_nll(logits, labels, TEMPERATURE_GRID, rows)))]
     fine = best * np.exp(np.linspace(-0.02, 0.02, 41))
-    return float(fine[int(np.argmin([nll(t) for t in fine]))])
+    return float(fine[int(np.argmin(temperature_nll(logits, labels, fine, rows)))])
 
 
 NO_MATCH_THRESHOLD = 0.5
 """The app's default confidence threshold: below it, the app answers "no confident match"."""
 
 
-def wrong_unconfident(logits: np.ndarray, labels: np.ndarray, threshold: float = NO_MATCH_THRESHOLD) -> float:
-    """Share of the wrong top-1 answers whose softmax confidence is below ``threshold`` (the app then says
-    "no confident match" instead of a wrong species); NaN when no answer is wrong."""
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) == 0:
-        return float("nan")
-    probs = softmax(logits)
-    wrong = probs.argmax(axis=1) != labels
+def summary_wrong_unconfident(summary: RowSummary, threshold: float = NO_MATCH_THRESHOLD) -> float:
+    """:func:`wrong_unconfident` of a :class:`RowSummary`."""
+    wrong = summary.softmax_prediction != summary.labels
     if not wrong.any():
         return float("nan")
-    return float((probs.max(axis=1)[wrong] < threshold).mean())
+    return float((summary.confidence[wrong] < threshold).mean())
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """top1, top5, mrr, macro_f1, ece (scores taken as logits) and the number of images ``n``."""
-    scores = np.asarray(scores)
-    labels = np.asarray(labels, dtype=np.int64)
+def wrong_unconfident(
+    logits: np.ndarray | ScoreRows, labels: np.ndarray, threshold: float = NO_MATCH_THRESHOLD
+) -> float:
+    """Share of the wrong top-1 answers whose softmax confidence is below ``threshold`` (the app then says
+    "no confident match" instead of a wrong species); NaN when no answer is wrong."""
+    if len(labels) == 0:
+        return float("nan")
+    return summary_wrong_unconfident(summarize(logits, labels), threshold)
+
+
+def summary_metrics(summary: RowSummary) -> dict[str, float]:
+    """:func:`classification_metrics` of a :class:`RowSummary` (top-k needs no class count: a rank is
+    at most C, so ``rank <= min(k, C)`` is ``rank <= k``)."""
+    if len(summary) == 0:
+        nan = float("nan")
+        return {
+            "top1": nan,
+            "top5": nan,
+            "mrr": nan,
+            "macro_f1": nan,
+            "ece": nan,
+            "wrong_unconfident": nan,
+            "n": 0,
+        }
+    rank = summary.rank
     return {
-        "top1": top_k_accuracy(scores, labels, 1),
-        "top5": top_k_accuracy(scores, labels, 5),
-        "mrr": mean_reciprocal_rank(scores, labels),
-        "macro_f1": macro_f1(scores.argmax(axis=1), labels) if len(labels) else float("nan"),
-        "ece": expected_calibration_error(scores, labels) if len(labels) else float("nan"),
-        "wrong_unconfident": wrong_unconfident(scores, labels),
-        "n": int(len(labels)),
+        "top1": float((rank <= 1).mean()),
+        "top5": float((rank <= 5).mean()),
+        "mrr": float((1.0 / rank).mean()),
+        "macro_f1": macro_f1(summary.prediction, summary.labels),
+        "ece": summary_ece(summary),
+        "wrong_unconfident": summary_wrong_unconfident(summary),
+        "n": int(len(summary)),
     }
+
+
+def classification_metrics(scores: np.ndarray | ScoreRows, labels: np.ndarray) -> dict[str, float]:
+    """top1, top5, mrr, macro_f1, ece (scores taken as logits), wrong_unconfident and the number of images
+    ``n`` of (N, C) ``scores``, read in chunks (:func:`score_rows.summarize`)."""
+    return summary_metrics(summarize(scores, labels))
 
 
 def classes_with_field_photos(labels: np.ndarray, domains: np.ndarray, num_classes: int) -> np.ndarray:
@@ -198,8 +276,30 @@ def classes_with_field_photos(labels: np.ndarray, domains: np.ndarray, num_class
     return has_field
 
 
+def summary_report(
+    summary: RowSummary,
+    domains: np.ndarray | None = None,
+    class_has_field: np.ndarray | None = None,
+    domain_names: Sequence[str] = DOMAINS,
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluation_report` of a :class:`RowSummary` (every subset a reduction of its rows)."""
+    report = {"all": summary_metrics(summary)}
+    if domains is not None:
+        domains = np.asarray(domains, dtype=np.int64)
+        for d, name in enumerate(domain_names):
+            mask = domains == d
+            if mask.any():
+                report[name] = summary_metrics(summary.take(mask))
+    if class_has_field is not None:
+        in_group = np.asarray(class_has_field, dtype=bool)[summary.labels]
+        for name, mask in ((GROUP_NAMES[0], in_group), (GROUP_NAMES[1], ~in_group)):
+            if mask.any():
+                report[name] = summary_metrics(summary.take(mask))
+    return report
+
+
 def evaluation_report(
-    scores: np.ndarray,
+    scores: np.ndarray | ScoreRows,
     labels: np.ndarray,
     domains: np.ndarray | None = None,
     class_has_field: np.ndarray | None = None,
@@ -207,8 +307,12 @@ def evaluation_report(
 ) -> dict[str, dict[str, float]]:
     """Metrics for ``all`` images and for every non-empty domain and class-group subset.
 
+    The scores are read once in row chunks (:func:`score_rows.summarize`): extra memory ``O(N + chunk
+    x C)``, never ``(N, C)``; the numbers are those of the whole matrix at once.
+
     Args:
-        scores: (N, C) class scores (logits or similarities; only their order matters).
+        scores: (N, C) class scores (logits or similarities; only their order matters, except for ECE
+            and ``wrong_unconfident``, which take them as logits), an array or a :class:`ScoreRows`.
         labels: (N,) true class ids.
         domains: (N,) domain ids indexing ``domain_names``; None = no domain split.
         class_has_field: (C,) bool from :func:`classes_with_field_photos`; None = no group split.
@@ -216,23 +320,10 @@ def evaluation_report(
 
     Returns:
         ``{"all": {...}, "field": {...}, "herbarium": {...}, "with_field": {...}, "herbarium_only": {...}}``
-        (subsets without images are left out), each with ``top1, top5, mrr, macro_f1, n``.
+        (subsets without images are left out), each with ``top1, top5, mrr, macro_f1, ece,
+        wrong_unconfident, n``.
     """
-    scores = np.asarray(scores)
-    labels = np.asarray(labels, dtype=np.int64)
-    report = {"all": classification_metrics(scores, labels)}
-    if domains is not None:
-        domains = np.asarray(domains, dtype=np.int64)
-        for d, name in enumerate(domain_names):
-            mask = domains == d
-            if mask.any():
-                report[name] = classification_metrics(scores[mask], labels[mask])
-    if class_has_field is not None:
-        in_group = np.asarray(class_has_field, dtype=bool)[labels]
-        for name, mask in ((GROUP_NAMES[0], in_group), (GROUP_NAMES[1], ~in_group)):
-            if mask.any():
-                report[name] = classification_metrics(scores[mask], labels[mask])
-    return report
+    return summary_report(summarize(scores, labels), domains, class_has_field, domain_names)
 
 
 def flatten_report(report: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -269,14 +360,35 @@ def best_model_metric(domains: np.ndarray | None) -> str:
     return "mrr"
 
 
+def summarize_logits_for_metrics(logits: Any, labels: Any) -> Any:
+    """``transformers.Trainer``'s ``preprocess_logits_for_metrics``: one evaluation batch's logits
+    ``(B, C)`` -> its :class:`RowSummary` as a ``(B, 4)`` float64 tensor on the logits' device, so that the
+    evaluation loop gathers ``(N, 4)`` rows instead of the ``(N, C)`` logits.
+
+    Raises:
+        ValueError: the batch has no labels (the summary needs the true classes).
+    """
+    import torch
+
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if labels is None:
+        raise ValueError("evaluation batches need labels: the metrics rank each image's true class")
+    summary = summarize(logits.detach().float().cpu().numpy(), labels.detach().cpu().numpy())
+    return torch.from_numpy(summary.to_array()).to(logits.device)
+
+
 def make_compute_metrics(
     domains: np.ndarray | None,
     class_has_field: np.ndarray | None,
     domain_names: Sequence[str] = DOMAINS,
+    summarized: bool = False,
 ) -> Callable[[Any], dict[str, float]]:
     """A ``compute_metrics`` for ``transformers.Trainer`` that knows the eval set's domains and groups.
 
-    The eval dataloader is sequential, so predictions arrive in the eval set's order.
+    The eval dataloader is sequential, so predictions arrive in the eval set's order. ``summarized``:
+    the predictions are the ``(N, 4)`` rows of :func:`summarize_logits_for_metrics` (the Trainer's
+    ``preprocess_logits_for_metrics``), else the ``(N, C)`` scores.
     """
 
     def compute_metrics(eval_prediction: Any) -> dict[str, float]:
@@ -285,6 +397,7 @@ def make_compute_metrics(
             scores = scores[0]
         labels = np.asarray(eval_prediction.label_ids)
         doms = None if domains is None else np.asarray(domains)[: len(labels)]
-        return flatten_report(evaluation_report(scores, labels, doms, class_has_field, domain_names))
+        summary = RowSummary.from_array(scores, labels) if summarized else summarize(scores, labels)
+        return flatten_report(summary_report(summary, doms, class_has_field, domain_names))
 
     return compute_metrics

@@ -104,11 +104,12 @@ def calibrate(
     model: ArcFaceForImageClassification,
     config: ImageClassificationCustomParams,
     validation: SplitData | None,
-    raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    raw: Mapping[str, tuple[np.ndarray | None, np.ndarray | M.ScoreRows]],
 ) -> dict[str, Any]:
     """Set the inference temperature: ``config.temperature``, else fitted on the field validation photos
-    (their logits at T = 1 in ``raw[validation.name]``), else :data:`FALLBACK_TEMPERATURE`. Returns what
-    was done (for ``metrics.json`` and the card)."""
+    (their logits ``(N, C)`` at T = 1 in ``raw[validation.name][1]``, an array or read in chunks from a
+    ``ScoreRows``), else :data:`FALLBACK_TEMPERATURE`. Returns what was done (for ``metrics.json`` and the
+    card)."""
     if config.temperature is not None:
         model.set_logit_temperature(config.temperature)
         return {"temperature": config.temperature, "source": "config"}
@@ -123,11 +124,11 @@ def calibrate(
             "temperature": FALLBACK_TEMPERATURE,
             "source": "the default: no field validation photos to fit it on",
         }
-    logits = raw[validation.name][1][field]
+    logits = M.as_rows(raw[validation.name][1]).take(field)
     labels = validation.labels[field]
     fitted = M.fit_temperature(logits, labels)
     before = M.expected_calibration_error(logits, labels)
-    after = M.expected_calibration_error(logits / fitted, labels)
+    after = M.expected_calibration_error(logits.divided_by(fitted), labels)
     n = int(field.sum())
     if after > before:  # the NLL fit on few photos can miss: never save confidences made worse
         model.set_logit_temperature(1.0)
@@ -157,16 +158,18 @@ def calibrate(
 
 
 def evaluate_splits(
-    ctx: RunContext, raw: Mapping[str, tuple[np.ndarray, np.ndarray]], temperature: float
+    ctx: RunContext, raw: Mapping[str, tuple[np.ndarray, np.ndarray | M.ScoreRows]], temperature: float
 ) -> Evaluation:
-    """The reports of every evaluation split from its embeddings and logits at T = 1 (``raw``), the
-    logits divided by ``temperature``; one log line per split."""
+    """The reports of every evaluation split from its embeddings ``(N, D)`` and logits ``(N, C)`` at T = 1
+    (``raw``), the logits divided by ``temperature`` and read once in row chunks; one log line per
+    split."""
     evaluation = Evaluation({}, {}, {})
     for split in ctx.evaluated:
-        embeddings, logits = raw[split.name][0], raw[split.name][1] / temperature
-        evaluation.reports[split.name] = ctx.report(logits, split)
+        embeddings, logits = raw[split.name][0], M.as_rows(raw[split.name][1]).divided_by(temperature)
+        summary = M.summarize(logits, split.labels)
+        evaluation.reports[split.name] = M.summary_report(summary, split.domains, ctx.data.class_has_field)
         field = split.domains == FIELD
-        evaluation.reliability[split.name] = M.reliability_bins(logits[field], split.labels[field])
+        evaluation.reliability[split.name] = M.summary_reliability_bins(summary.take(field))
         evaluation.embeddings[split.name] = LabelledEmbeddings(embeddings, split.labels, split.domains)
         logger.info(f"{split.name}: {M.readable(evaluation.reports[split.name])}")
     return evaluation
@@ -295,7 +298,7 @@ def _map_points(ctx: RunContext, embedder: Embedder, evaluation: Evaluation) -> 
     """The points of the map figure and of the silhouette and domain gap (:func:`tsne_points`)."""
 
     def embed_train(indices: np.ndarray) -> np.ndarray:
-        return embedder.embed_and_logits(ctx.caches.train, indices)[0]
+        return embedder.embed(ctx.caches.train, indices)
 
     return tsne_points(evaluation.embeddings, ctx.data.train, embed_train, ctx.config.seed)
 
@@ -326,7 +329,7 @@ def read_taxonomy(ctx: RunContext) -> tuple[dict[str, str], dict[str, str]] | No
 
 def species_report(
     ctx: RunContext,
-    raw: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    raw: Mapping[str, tuple[np.ndarray, np.ndarray | M.ScoreRows]],
     temperature: float,
     points: LabelledEmbeddings | None,
     described: str,
@@ -341,7 +344,7 @@ def species_report(
         out.update(
             E.species_evaluation(
                 split.name,
-                raw[split.name][1] / temperature,
+                M.as_rows(raw[split.name][1]).divided_by(temperature),
                 split.labels,
                 split.domains,
                 ctx.data.class_names,
@@ -426,9 +429,13 @@ def save_outputs(ctx: RunContext, trained: TrainedRun) -> dict[str, Any]:
     embedder = ctx.embedder()
     wise_ft = choose_saved_weights(ctx, embedder)
     # each evaluation split embedded once, at T = 1: the temperature is fitted on these logits and the
-    # reports divide them by it (the same numbers as embedding again with T set)
+    # reports divide them by it (the same numbers as embedding again with T set). The logits are read
+    # in row chunks from the embeddings (HeadLogits), never held as an (N, C) matrix.
     ctx.model.set_logit_temperature(1.0)
-    raw = {s.name: embedder.embed_and_logits(ctx.caches.evaluation[s.name]) for s in ctx.evaluated}
+    raw = {}
+    for split in ctx.evaluated:
+        logits = embedder.logits(ctx.caches.evaluation[split.name])
+        raw[split.name] = (logits.embeddings, logits)
     calibration = calibrate(ctx.model, ctx.config, ctx.data.validation, raw)
     logger.info("Finished training, saving the model folder...")
     save_arcface_model(ctx.model, ctx.project)

@@ -30,7 +30,7 @@ from autotrain.trainers.image_classification_custom.dataset import (
     decode_images,
     train_cache_size,
 )
-from autotrain.trainers.image_classification_custom.embedder import Embedder, prototype_logits
+from autotrain.trainers.image_classification_custom.embedder import Embedder, HeadLogits, prototype_head
 from autotrain.trainers.image_classification_custom.model_io import create_arcface_model
 from autotrain.trainers.image_classification_custom.modeling_arcface import ArcFaceForImageClassification
 from autotrain.trainers.image_classification_custom.params import ImageClassificationCustomParams
@@ -99,8 +99,9 @@ class RunContext:
         """The evaluation splits present (validation, test)."""
         return [s for s in (self.data.validation, self.data.test) if s is not None]
 
-    def report(self, logits: np.ndarray, split: SplitData) -> dict[str, dict[str, float]]:
-        """``metrics.evaluation_report`` of ``logits`` (N, C) on ``split``, by domain and class group."""
+    def report(self, logits: np.ndarray | M.ScoreRows, split: SplitData) -> dict[str, dict[str, float]]:
+        """``metrics.evaluation_report`` of ``logits`` (N, C) on ``split``, by domain and class group (an
+        array or a ``ScoreRows``, read in row chunks)."""
         return M.evaluation_report(logits, split.labels, split.domains, self.data.class_has_field)
 
     def embedder(self) -> Embedder:
@@ -268,18 +269,15 @@ def start_from_prototypes(ctx: RunContext) -> None:
 
 def baseline_report(ctx: RunContext, train_features: np.ndarray) -> dict[str, Any]:
     """The "no training" line: nearest-class-mean on the pooled backbone features (reported, never
-    selected on). ``train_features``: ``(N_train, feature_dim)``. Returns a report per evaluation split."""
+    selected on). ``train_features``: ``(N_train, feature_dim)``. Returns a report per evaluation split;
+    the logits are computed from the split's features a chunk of rows at a time (``HeadLogits``)."""
     embedder, baseline = ctx.embedder(), {}
+    head = prototype_head(
+        train_features, ctx.data.train.labels, len(ctx.data.class_names), ctx.config.arcface_scale
+    )
     for split in ctx.evaluated:
         features = embedder.features(ctx.caches.evaluation[split.name])
-        logits = prototype_logits(
-            train_features,
-            ctx.data.train.labels,
-            features,
-            len(ctx.data.class_names),
-            ctx.config.arcface_scale,
-        )
-        baseline[split.name] = ctx.report(logits, split)
+        baseline[split.name] = ctx.report(HeadLogits.of(head, features), split)
         logger.info(
             f"Before training (frozen-feature prototypes), {split.name}: {M.readable(baseline[split.name])}"
         )

@@ -107,7 +107,7 @@ def select_wise_ft_alpha(
     scores = {}
     for a in WISE_FT_GRID:
         apply_wise_ft(embedder.model, start, tuned, a)
-        logits = embedder.logits(images[field])
+        logits = embedder.logits(images, np.flatnonzero(field))  # read in row chunks, never (N, C)
         scores[a] = M.mean_reciprocal_rank(logits, validation.labels[field])
     best = max(scores, key=lambda a: (round(scores[a], 6), a))
     logger.info(

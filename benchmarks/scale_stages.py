@@ -35,7 +35,9 @@ without launching the server), in two fresh subprocesses over one cache folder: 
 identified, its nearest specimens (with their thumbnails) and its place on the map, as the UI's
 handlers do, averaged over ``--queries`` photos after one warm-up query. The query photos are reference
 images (field photos first) written as JPEGs at their stored size. Each start also reports
-``process_seconds`` and ``process_peak_rss_mb``: the whole subprocess, Python imports included.
+``process_seconds`` and ``process_peak_rss_mb`` (the whole subprocess, Python imports included) and
+``parts``: the seconds of loading the model, the reference set, the index, the example photos, the map
+and the UI (:func:`start_parts`).
 
 Peak memory is the resident set of the whole process tree (``scale_measure``); the peak of a later stage
 includes what earlier stages still hold (the model, the decoded images): that is what a user sees.
@@ -139,8 +141,10 @@ def trainer_params(dataset: Path, project: Path, image_size: int | None, batch_s
         _fail(f"--project {project}: {str(error).splitlines()[-1]}")
 
 
-class SaveSplit:
-    """Times the functions ``save_outputs`` calls, by part, while installed (a context manager).
+class PartTimer:
+    """Times the functions a stage calls (``save_outputs``'s, the app's start-up), by part, while
+    installed (a context manager): ``targets`` maps a part to its ``(module or class, name)`` pairs;
+    functions, class methods and static methods are wrapped, and put back on exit.
 
     ``parts[part]`` is a :class:`Measurement` (seconds summed, peak the largest) and ``calls[name]``
     the seconds per function; a function missing from its module is listed in ``missing``.
@@ -171,7 +175,7 @@ class SaveSplit:
 
         return timed
 
-    def __enter__(self) -> SaveSplit:
+    def __enter__(self) -> PartTimer:
         for part, functions in self.targets.items():
             for owner, attribute in functions:
                 name = f"{owner.__name__.rsplit('.', 1)[-1]}.{attribute}"
@@ -180,7 +184,11 @@ class SaveSplit:
                     self.missing.append(name)
                     continue
                 self._restore.append((owner, attribute, original))
-                setattr(owner, attribute, self._timed(part, name, original))
+                if isinstance(original, classmethod | staticmethod):
+                    wrapped = type(original)(self._timed(part, name, original.__func__))
+                else:
+                    wrapped = self._timed(part, name, original)
+                setattr(owner, attribute, wrapped)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -255,7 +263,7 @@ def run_trainer(params) -> dict[str, Any]:
     cache_facts = _cache_facts(ctx)
     stage("prototypes", lambda: stages.start_from_prototypes(ctx))
     trained = stage("epoch", epoch)
-    with SaveSplit(save_parts()) as split, measure() as whole:
+    with PartTimer(save_parts()) as split, measure() as whole:
         summary = outputs.save_outputs(ctx, trained)
         outputs.publish(ctx, summary)
     training.end_processes(ctx)
@@ -328,18 +336,36 @@ def _time_queries(handlers, photos: list[Path]) -> Measurement:
     return timed
 
 
+def start_parts() -> dict[str, list[tuple[Any, str]]]:
+    """Which functions of the app's start-up belong to which part (module or class, name)."""
+    from inference_app import app
+    from inference_app.predictor import Predictor
+    from inference_app.reference import ReferenceIndex
+
+    return {
+        "model": [(Predictor, "from_pretrained")],
+        "reference_set": [(app, "load_reference_set")],
+        "index": [(ReferenceIndex, "build")],
+        "examples": [(ReferenceIndex, "example_files")],
+        "map": [(app, "load_map")],
+        "demo": [(app, "build_demo")],
+    }
+
+
 def app_start(model: Path, reference: Path, cache: Path, queries: int) -> dict[str, Any]:
-    """One start of the app (``load_components`` + ``build_demo``), then ``queries`` timed queries."""
+    """One start of the app (``load_components`` + ``build_demo``), then ``queries`` timed queries.
+    The start's ``parts`` are the seconds of each of :func:`start_parts`."""
     import torch
 
-    from inference_app.app import AppSettings, MapRenderer, _Handlers, build_demo, load_components
+    from inference_app import app
     from inference_app.options import parse_args
 
     args = parse_args(["--model", str(model), "--reference", str(reference), "--cache-dir", str(cache)])
-    with measure() as start:
-        predictor, index, tsne_map, taxonomy, examples = load_components(args)
-        settings = AppSettings(examples=examples)
-        build_demo(predictor, index, tsne_map, taxonomy, settings)
+    with PartTimer(start_parts()) as split, measure() as start:
+        predictor, index, tsne_map, taxonomy, examples = app.load_components(args)
+        settings = app.AppSettings(examples=examples)
+        app.build_demo(predictor, index, tsne_map, taxonomy, settings)
+    start.extra = {"parts": {part: round(m.seconds, 3) for part, m in split.parts.items()}}
     out: dict[str, Any] = {
         "start": start.as_dict(),
         "facts": {
@@ -352,7 +378,7 @@ def app_start(model: Path, reference: Path, cache: Path, queries: int) -> dict[s
         },
     }
     if queries and index is not None and tsne_map is not None:
-        handlers = _Handlers(predictor, index, MapRenderer(tsne_map, index), taxonomy, settings)
+        handlers = app._Handlers(predictor, index, app.MapRenderer(tsne_map, index), taxonomy, settings)
         with tempfile.TemporaryDirectory() as folder:
             photos = _query_photos(index.reference, Path(folder), queries)
             out["query"] = _time_queries(handlers, photos).as_dict()
@@ -451,10 +477,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "trainer":
+        from autotrain.trainers.image_classification_custom.splits import DataInputError
+
         _check_dataset(args.dataset, "dataset")
-        result = run_trainer(
-            trainer_params(args.dataset, args.project, args.image_size, args.batch_size, args.epochs)
-        )
+        try:
+            params = trainer_params(args.dataset, args.project, args.image_size, args.batch_size, args.epochs)
+            result = run_trainer(params)
+        except (DataInputError, FileNotFoundError) as error:  # the data must be fixed: one line
+            _fail(f"dataset {args.dataset}: {error}")
     elif args.command == "app":
         result = run_app(args)
     else:

@@ -21,13 +21,13 @@ if str(BENCH) not in sys.path:
 import scale_stages  # noqa: E402
 
 
-def test_save_split_counts_a_nested_call_for_the_outer_part_and_restores():
+def test_part_timer_counts_a_nested_call_for_the_outer_part_and_restores():
     module = types.ModuleType("fake.outputs")
     module.inner = lambda: time.sleep(0.05)
     module.outer = lambda: [module.inner(), module.inner()]
     original_inner = module.inner
     targets = {"outer_part": [(module, "outer")], "inner_part": [(module, "inner"), (module, "absent")]}
-    with scale_stages.SaveSplit(targets) as split:
+    with scale_stages.PartTimer(targets) as split:
         module.outer()
         module.inner()
     assert split.parts["outer_part"].seconds > 0
@@ -38,6 +38,24 @@ def test_save_split_counts_a_nested_call_for_the_outer_part_and_restores():
     assert 0.05 <= split.parts["inner_part"].seconds < 0.09
     assert split.missing == ["outputs.absent"]
     assert module.inner is original_inner
+
+
+def test_part_timer_wraps_class_methods_and_puts_them_back():
+    class Loader:
+        @classmethod
+        def build(cls, value):
+            return (cls.__name__, value)
+
+        @staticmethod
+        def check(value):
+            return value * 2
+
+    original = Loader.__dict__["build"]
+    with scale_stages.PartTimer({"index": [(Loader, "build"), (Loader, "check")]}) as split:
+        assert Loader.build(3) == ("Loader", 3)
+        assert Loader().check(4) == 8
+    assert set(split.calls) == {"Loader.build", "Loader.check"}
+    assert Loader.__dict__["build"] is original
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

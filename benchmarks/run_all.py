@@ -260,7 +260,7 @@ def _scale_md(r: dict[str, Any]) -> list[str]:
         s.get("load_average") for run in r["runs"] for s in run["stages"].values() if s.get("load_average")
     ]
     return [
-        "Cost of each stage against N images (at C = 1,000 species) and C species (at N = 10,000) on generated "
+        "Cost of each stage against N images and C species on generated "
         f"JPEGs at realistic sizes (`benchmarks/scale_data.py`), trainer and app at {r['image_size']} px. Each "
         "cell: wall time / peak resident memory of the stage's process tree (a later stage of the trainer "
         "or the app includes what the earlier ones still hold). `b (N)`, `b (C)`: fitted exponents of time / "

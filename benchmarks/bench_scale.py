@@ -5,8 +5,9 @@ For each configuration ``(N, C)`` it writes a CSV layout over the first ``N`` fi
 
 - ``build``: ``python -m data_prep build CSV --out DATASET`` (validate, downsize to 1,024 px, write Arrow);
 - the trainer's stages (``scale_stages.py trainer``): set-up, decoded-image cache, prototypes (with the
-  no-training baseline), one fine-tuning epoch (with its validation pass), evaluation, the t-SNE map and
-  the rest of saving;
+  no-training baseline), one epoch (with its validation pass; config.json's first epoch, head-only with
+  the backbone frozen; ``--epoch full``: full fine-tuning, about 3x slower per image on CPU), evaluation,
+  the t-SNE map and the rest of saving;
 - the app (``scale_stages.py app``): first start (embedding the reference set, the nearest-neighbour
   index, the t-SNE map), start from its cache (a new process), one query.
 
@@ -83,7 +84,9 @@ def _stage_json(path: Path, cmd: list[str], log: Path) -> dict[str, Any]:
     return out
 
 
-def run_config(pool: Path, out: Path, n: int, c: int, image_size: int, batch_size: int) -> dict[str, Any]:
+def run_config(
+    pool: Path, out: Path, n: int, c: int, image_size: int, batch_size: int, epoch: str = "head"
+) -> dict[str, Any]:
     """Every stage of one configuration; returns ``{"n", "c", "stages": {name: {...}}, ...}``."""
     folder = out / f"n{n}-c{c}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,7 @@ def run_config(pool: Path, out: Path, n: int, c: int, image_size: int, batch_siz
         "trainer": [
             py, str(HERE / "scale_stages.py"), "trainer", "--dataset", str(dataset), "--project", str(model),
             "--image-size", str(image_size), "--batch-size", str(batch_size),
+            "--warmup-epochs", "0" if epoch == "full" else "1",
         ],
         "app": [py, str(HERE / "scale_stages.py"), "app", "--model", str(model), "--reference", str(dataset)],
     }  # fmt: skip
@@ -126,6 +130,7 @@ def run_config(pool: Path, out: Path, n: int, c: int, image_size: int, batch_siz
         "n": n,
         "c": c,
         "image_size": image_size,
+        "epoch": epoch,
         "stages": stages,
         "facts": {part: results[part].get("facts", {}) for part in STAGE_FILES},
     }
@@ -249,6 +254,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench-out/scale-small"))
     parser.add_argument("--image-size", type=int, default=None, help="trainer image size (default: preset)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--epoch",
+        choices=("head", "full"),
+        default="head",
+        help="the measured epoch: head-only (config.json's first epoch; default) or full fine-tuning",
+    )
     parser.add_argument("--skip-failed", action="store_true", help="report a failing configuration and go on")
     return parser.parse_args(argv)
 
@@ -269,7 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n, c in configs:
         print(f"[scale] N={n:,} C={c:,}", flush=True)
         try:
-            runs.append(run_config(pool, args.out, n, c, image_size, args.batch_size))
+            runs.append(run_config(pool, args.out, n, c, image_size, args.batch_size, args.epoch))
         except subprocess.CalledProcessError as exc:
             failed.append({"n": n, "c": c, "error": f"{Path(exc.cmd[1]).name} exited {exc.returncode}"})
             print(f"[scale] N={n:,} C={c:,} failed: {failed[-1]['error']} (log in {args.out})", flush=True)
@@ -278,6 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     baseline = import_baseline_mb()
     results = {
         "image_size": image_size,
+        "epoch": args.epoch,
         "machine": machine_line(machine_info()),
         "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
         "import_baseline_mb": baseline,

@@ -4,15 +4,15 @@
 one command to the next)::
 
     python benchmarks/scale_stages.py trainer --dataset DS --project DIR --image-size 128 --json OUT.json \
-        [--batch-size 32] [--epochs 1]
+        [--batch-size 32] [--epochs 1] [--warmup-epochs 1]
     python benchmarks/scale_stages.py app --model DIR --reference DS --json OUT.json [--cache DIR] \
         [--queries 5]
 
 Both write ``{"command", "stages": {name: {"seconds", "peak_rss_mb", ...}}, "facts": {...}}``.
 
 ``trainer``: the shipped ``config.json`` (the embedded ``efficientnet_lite0-offline`` backbone, offline)
-with ``data_path``, ``project_name``, ``image_size``, ``batch_size``, ``epochs`` (1) and ``warmup_epochs=0``
-(so the epoch is full fine-tuning), the map figure on, no push. The stage functions of
+with ``data_path``, ``project_name``, ``image_size``, ``batch_size``, ``epochs`` (1) and ``warmup_epochs``
+(default 1: the epoch is config.json's first, head-only epoch with the backbone frozen; 0: full fine-tuning), the map figure on, no push. The stage functions of
 ``training.run`` run in the same order, each inside :func:`scale_measure.measure`:
 
 - ``setup``: ``start_run`` + ``load_data`` + ``build_model``;
@@ -112,9 +112,12 @@ def _check_dataset(path: Path, what: str) -> None:
 # ------------------------------------------------------------------------------------------------------
 
 
-def trainer_params(dataset: Path, project: Path, image_size: int | None, batch_size: int, epochs: int):
-    """The shipped ``config.json`` on ``dataset``, written to ``project``: ``epochs`` of full fine-tuning
-    (no warm-up), map figure on, no push, no tracker. Returns ``ImageClassificationCustomParams``.
+def trainer_params(
+    dataset: Path, project: Path, image_size: int | None, batch_size: int, epochs: int, warmup_epochs: int = 1
+):
+    """The shipped ``config.json`` on ``dataset``, written to ``project``: ``epochs`` epochs, the first
+    ``warmup_epochs`` of them head-only (backbone frozen), the rest full fine-tuning; map figure on, no push,
+    no tracker. Returns ``ImageClassificationCustomParams``.
 
     The trainer takes a project *name* (letters, digits, hyphens) relative to the working directory: the
     process changes to ``project``'s parent folder."""
@@ -126,7 +129,7 @@ def trainer_params(dataset: Path, project: Path, image_size: int | None, batch_s
         project_name=project.name,
         batch_size=batch_size,
         epochs=epochs,
-        warmup_epochs=0,
+        warmup_epochs=warmup_epochs,
         tsne=True,
         push_to_hub=False,
         log="none",
@@ -454,6 +457,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     trainer.add_argument("--image-size", type=int, default=None, help="default: config.json's")
     trainer.add_argument("--batch-size", type=int, default=32)
     trainer.add_argument("--epochs", type=int, default=1)
+    trainer.add_argument(
+        "--warmup-epochs", type=int, default=1, help="head-only epochs first (default 1; 0: full fine-tuning)"
+    )
     app = commands.add_parser("app", help="the app's first and cached start-up and its queries")
     app.add_argument("--model", type=Path, required=True, help="a model folder written by the trainer")
     app.add_argument("--reference", type=Path, required=True, help="reference set: a data_prep dataset")
@@ -481,7 +487,9 @@ def main(argv: list[str] | None = None) -> None:
 
         _check_dataset(args.dataset, "dataset")
         try:
-            params = trainer_params(args.dataset, args.project, args.image_size, args.batch_size, args.epochs)
+            params = trainer_params(
+                args.dataset, args.project, args.image_size, args.batch_size, args.epochs, args.warmup_epochs
+            )
             result = run_trainer(params)
         except (DataInputError, FileNotFoundError) as error:  # the data must be fixed: one line
             _fail(f"dataset {args.dataset}: {error}")

@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     preset = PRESETS[args.preset]
     configs = args.configs or preset["configs"]
     image_size = args.image_size or preset["image_size"]
-    pool = args.pool or args.out.parent / "scale-pool"
+    args.out = args.out.resolve()
+    pool = (args.pool or args.out.parent / "scale-pool").resolve()
     need = max(n for n, _ in configs)
     scale_data.generate_pool(pool, need, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)

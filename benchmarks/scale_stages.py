@@ -482,6 +482,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    for name in ("json", "dataset", "project", "model", "reference", "cache"):  # the trainer changes folder
+        if getattr(args, name, None) is not None:
+            setattr(args, name, getattr(args, name).resolve())
     if args.command == "trainer":
         from autotrain.trainers.image_classification_custom.splits import DataInputError
 

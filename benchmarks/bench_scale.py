@@ -19,8 +19,8 @@ log-log figure.
 
 Usage::
 
-    python benchmarks/bench_scale.py --preset small --out bench-out/scale-small   # minutes (make bench)
-    python benchmarks/bench_scale.py --preset large --out bench-out/scale         # hours on 2 CPU cores
+    python benchmarks/bench_scale.py --preset small --out bench-out/scale-small   # ~15 min (make bench)
+    python benchmarks/bench_scale.py --preset large --out bench-out/scale --pool bench-out/scale-pool  # hours
     python benchmarks/bench_scale.py --configs 10000x1000 --out bench-out/scale   # one configuration
 
 A configuration's stage whose JSON is already in ``OUT`` is not run again (a long run can be resumed).
@@ -239,19 +239,41 @@ def markdown(results: dict[str, Any]) -> str:
             f"{fmt(bc.get('time'))} / {fmt(bc.get('memory'))}",
         ]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    loads = [max((s.get("load_average") or 0.0) for s in r["stages"].values()) for r in runs]
+    lines.append(
+        "| load average (1 min, highest at a stage's end) | "
+        + " | ".join(f"{v:.1f}" for v in loads)
+        + " | | |"
+    )
+    lines += [
+        "",
+        "Cells: wall time / peak resident memory of the process tree. `b (N)`, `b (C)`: fitted exponent of time "
+        "/ of memory above the import baseline. A stage taking a few seconds, or runs at different load "
+        "averages, give exponents that are noise (even negative); read them with the seconds beside them.",
+    ]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Presets: small = N 200-800 at 64 px (about 15 minutes on 2 idle cores; make bench); "
+        "large = N 2,000-50,000 and C 100-1,600 at 128 px (hours on 2 cores; about 60 GB of disk for the "
+        "50,000-image pool, its build and caches). Each cell of the printed table: wall time / peak memory.",
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="small", help="configurations and image size (below)"
+    )
     parser.add_argument(
         "--configs", type=parse_config, nargs="*", help="NxC configurations (default: preset)"
     )
+    parser.add_argument("--pool", type=Path, default=None, help="generated images (default OUT/pool)")
     parser.add_argument(
-        "--pool", type=Path, default=None, help="generated images (default OUT/../scale-pool)"
+        "--out",
+        type=Path,
+        default=Path("bench-out/scale-small"),
+        help="results: OUT/results.json, OUT/scale.png, one folder per configuration (default %(default)s)",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-out/scale-small"))
     parser.add_argument("--image-size", type=int, default=None, help="trainer image size (default: preset)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -272,7 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configs = args.configs or preset["configs"]
     image_size = args.image_size or preset["image_size"]
     args.out = args.out.resolve()
-    pool = (args.pool or args.out.parent / "scale-pool").resolve()
+    pool = (args.pool or args.out / "pool").resolve()
     need = max(n for n, _ in configs)
     scale_data.generate_pool(pool, need, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)

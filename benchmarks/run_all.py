@@ -243,7 +243,7 @@ def _run_scale(args: argparse.Namespace) -> dict[str, Any]:
             raise FileNotFoundError(f"{results}: no bench_scale.py results there")
         return json.loads(results.read_text()) | {"imported_from": str(args.scale_results)}
     if args.quick:
-        return {"skipped": "not part of a quick run (about 5 minutes on 2 CPU cores): `--only scale`"}
+        return {"skipped": "not part of a quick run (about 15 minutes on 2 idle CPU cores): `--only scale`"}
     out = bench_scale.run(
         bench_scale.parse_args(["--preset", "small", "--out", str(args.out / "scale-small")])
     )

@@ -58,7 +58,8 @@ def test_markdown_and_run_all_section_show_every_stage_and_configuration():
     }
     table = bench_scale.markdown(results)
     assert "| build | 20.0 s / " in table and "N=10,000 C=100" in table
-    assert table.count("\n") == 1 + 1 + 1  # header, rule, two stages
+    assert table.split("\n\n")[0].count("\n") == 1 + 1 + 1 + 1  # header, rule, two stages, load
+    assert "| load average (1 min, highest at a stage's end) | 1.0 | 1.0 | 1.0 |" in table
     text = "\n".join(run_all._scale_md(results))
     assert "Failed: N=50,000 C=1,000" in text and "1.0-1.0" in text
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -278,7 +280,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _build_part(args: argparse.Namespace) -> int:
     """``build --num-shards K --shard-index I``: write one part (see :mod:`data_prep.shards`)."""
-    from data_prep.shards import build_part
+    from data_prep.shards import build_part, is_part
 
     if args.num_shards is None or args.shard_index is None:
         raise DataPrepError("a sharded build needs both --num-shards K and --shard-index I (0..K-1)")
@@ -287,6 +289,7 @@ def _build_part(args: argparse.Namespace) -> int:
     if args.out is None:
         raise DataPrepError("a sharded build needs --out, the folder of this shard's part")
     options = {k: v for k, v in _options(args, _BUILD_OPTIONS).items() if k != "strict"}
+    replacing = is_part(args.out)
     with _pixel_limit(args.max_pixels):
         part = build_part(
             args.source,
@@ -297,12 +300,44 @@ def _build_part(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             **options,
         )
+    if replacing:
+        print(f"replaced the earlier part in {args.out}")
+    k = part["num_shards"]
     print(
-        f"shard {part['shard_index']} of {part['num_shards']}: {part['stats']['files']} of {part['files']} files, "
-        f"{len(part['rows'])} kept, {len(part['skips'])} skipped -> {args.out} "
-        f"(then: python -m data_prep join PART0 .. PART{part['num_shards'] - 1} --out DATASET)"
+        f"shard {part['shard_index']} of {k}: {part['stats']['files']} of {part['files']} files, "
+        f"{len(part['rows'])} kept, {len(part['skips'])} skipped -> {args.out}\n"
+        f"once all {k} parts are written: "
+        + join_hint(args.out, k, part["shard_index"], Path(args.project_name) / "autotrain-data")
     )
     return 0
+
+
+#: up to this many shards the join hint lists every part; above, a bash brace range (part-{0..63})
+_HINT_LISTED = 8
+
+
+def join_hint(out: Path, num_shards: int, shard_index: int, dataset: Path) -> str:
+    """The ``python -m data_prep join ...`` command that joins the parts of shard ``out``'s build.
+
+    When ``out``'s last component holds the shard index once as a number (``parts/part-3``), the
+    other parts' folders are that pattern with ``0..num_shards-1``; otherwise the command names ``out``
+    and a placeholder for the other parts. Paths are shell-quoted; ``dataset`` is the ``--out`` given.
+    """
+    text, name = str(out), out.name
+    found = list(re.finditer(rf"(?<!\d){shard_index}(?!\d)", name))
+    if len(found) != 1:
+        others = f" <the other {num_shards - 1} part folders>" if num_shards > 1 else ""
+        parts = shlex.quote(text) + others
+    else:
+        start, end = len(text) - len(name) + found[0].start(), len(text) - len(name) + found[0].end()
+        before, after = text[:start], text[end:]
+        if num_shards <= _HINT_LISTED:
+            parts = " ".join(shlex.quote(f"{before}{i}{after}") for i in range(num_shards))
+        else:
+            parts = "".join(
+                [shlex.quote(before), f"{{0..{num_shards - 1}}}", shlex.quote(after) if after else ""]
+            )
+    return f"python -m data_prep join {parts} --out {shlex.quote(str(dataset))}"
 
 
 def _join(args: argparse.Namespace) -> int:
@@ -316,15 +351,18 @@ def _join(args: argparse.Namespace) -> int:
 def _finish(args: argparse.Namespace, out: Path, make: Callable[[], tuple[Any, dict[str, Any]]]) -> int:
     """Run ``make`` (a build or a join), print the summary, push when asked; 1 for ``--strict`` findings."""
     from data_prep.build import FIGURE_NAME, StrictModeError
+    from data_prep.contract import is_saved_dataset_dict
     from data_prep.report import format_summary
 
+    replacing = is_saved_dataset_dict(out)
+    replaced = f"replaced the earlier build in {out}"
     try:
         dsd, report = make()
     except StrictModeError as exc:
-        print(format_summary(exc.report))
+        print(format_summary(exc.report) + ("\n" + replaced if replacing else ""))
         print(f"error: {exc} (report: {out}/prep_report.json)", file=sys.stderr)
         return 1
-    print(format_summary(report))
+    print(format_summary(report) + ("\n" + replaced if replacing else ""))
     return _push(args, dsd, report, out / FIGURE_NAME) if args.push_to_hub else 0
 
 

@@ -44,7 +44,7 @@ from data_prep.build import (
 from data_prep.contract import dataset_features
 from data_prep.discovery import DataPrepError, Discovery, Entry
 from data_prep.findings import Finding
-from data_prep.images import default_max_pixels
+from data_prep.images import MAX_PIXELS_ENV, default_max_pixels
 
 PART_FILE = "part.json"
 ROWS_FILE = "rows.arrow"
@@ -176,6 +176,8 @@ def _manifest(
 
 def _read_part(path: Path) -> dict[str, Any]:
     """The manifest of the part folder ``path``, or a :class:`DataPrepError` naming it."""
+    if not path.exists():
+        raise DataPrepError(f"{path} does not exist (give the folders the shards wrote with --out)")
     if not is_part(path) or not (path / ROWS_FILE).is_file():
         raise DataPrepError(
             f"{path} is not a part written by `data_prep build --num-shards` (no {PART_FILE})"
@@ -189,16 +191,19 @@ def _read_part(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def _read_parts(paths: Sequence[Path], progress: bool) -> list[dict[str, Any]]:
+    """Every part's manifest; the bar is closed before an error leaves, so the error is printed last."""
+    with tqdm(paths, desc="reading parts", unit="part", disable=not progress) as bar:
+        return [_read_part(p) for p in bar]
+
+
 def _check_parts(paths: Sequence[Path], manifests: Sequence[dict[str, Any]]) -> list[int]:
     """Raise :class:`DataPrepError` unless the parts are shards ``0..K-1`` of one build; their order by shard."""
     first = manifests[0]
     for path, manifest in zip(paths, manifests):
         for key in SHARED_KEYS:
             if manifest.get(key) != first.get(key):
-                raise DataPrepError(
-                    f"{path} is not a shard of the same build as {paths[0]}: different {key} "
-                    f"({_short(manifest.get(key))} vs {_short(first.get(key))})"
-                )
+                raise DataPrepError(_difference(key, (path, manifest), (paths[0], first)))
     by_index: dict[int, Path] = {}
     for path, manifest in zip(paths, manifests):
         index = manifest["shard_index"]
@@ -214,9 +219,59 @@ def _check_parts(paths: Sequence[Path], manifests: Sequence[dict[str, Any]]) -> 
     return sorted(range(len(paths)), key=lambda i: manifests[i]["shard_index"])
 
 
-def _short(value: Any, width: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 3] + "..."
+Named = tuple[Path, dict[str, Any]]  # a part folder and its manifest
+
+
+def _difference(key: str, part: Named, other: Named) -> str:
+    """One line saying how ``part`` differs from ``other`` in the :data:`SHARED_KEYS` entry ``key``, and what to do.
+
+    Names each differing option with both values (``p1: built with --seed 7, p0 with --seed 0``); a
+    source whose files or species changed between the shards is said in words, with each part's file count.
+    """
+    (path, a), (first, b) = part, other
+    if key == "settings":
+        keys = [
+            k
+            for k in sorted(set(a["settings"]) | set(b["settings"]))
+            if a["settings"].get(k) != b["settings"].get(k)
+        ]
+        mine, theirs = (" and ".join(_option(k, m["settings"].get(k)) for k in keys) for m in (a, b))
+        return f"{path}: built with {mine}, {first} with {theirs}; build every shard with the same options"
+    if key == "num_shards":
+        return (
+            f"{path}: built with --num-shards {a[key]}, {first} with --num-shards {b[key]}; "
+            "build every shard with the same --num-shards"
+        )
+    if key == "source":
+        return f"{path}: built from {a[key]}, {first} from {b[key]}; build every shard from the same source"
+    if key == "layout":
+        return f"{path}: read the source as the {a[key]} layout, {first} as {b[key]}; give every shard the same --layout"
+    if key == "max_pixels":
+        return (
+            f"{path}: built with a pixel limit of {a[key]:_} (--max-pixels or ${MAX_PIXELS_ENV}), {first} with "
+            f"{b[key]:_}; build every shard with the same --max-pixels"
+        )
+    if key in ("classes", "discovery"):
+        seen = f"{first} saw {b['files']} files, {path} saw {a['files']}" + _species_change(a, b, path, first)
+        return f"the source's files changed between the shard builds ({seen}); rebuild every shard"
+    return f"{path} is not a shard of the same build as {first}: different {key}"
+
+
+def _option(key: str, value: Any) -> str:
+    """A recorded setting as the command-line option that sets it (``--seed 7``; ``no --exclude``)."""
+    flag = "--" + key.replace("_", "-")
+    return f"no {flag}" if value is None else f"{flag} {value}"
+
+
+def _species_change(a: dict[str, Any], b: dict[str, Any], path: Path, first: Path, most: int = 3) -> str:
+    """``; PATH has 2 species FIRST lacks (X, Y)...`` for parts whose class lists differ, else ``""``."""
+    text = ""
+    for name, mine, theirs, other in ((path, a, b, first), (first, b, a, path)):
+        extra = [c for c in mine["classes"] if c not in set(theirs["classes"])]
+        if extra:
+            listed = ", ".join(extra[:most]) + (", ..." if len(extra) > most else "")
+            text += f"; {name} has {len(extra)} species {other} lacks ({listed})"
+    return text
 
 
 def _merge(manifests: Sequence[dict[str, Any]]) -> tuple[Validated, list[int]]:
@@ -276,7 +331,7 @@ def join_parts(
         raise DataPrepError("join needs the part folders written by `data_prep build --num-shards`")
     out_path, paths = Path(out), [Path(p) for p in parts]
     check_out(out_path)
-    manifests = [_read_part(p) for p in tqdm(paths, desc="reading parts", unit="part", disable=not progress)]
+    manifests = _read_parts(paths, progress)
     order = _check_parts(paths, manifests)
     paths, manifests = [paths[i] for i in order], [manifests[i] for i in order]
     rows = concatenate_datasets([Dataset.from_file(str(p / ROWS_FILE)) for p in paths])

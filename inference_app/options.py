@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 
 from inference_app.identification import COMBINE_METHODS
-from inference_app.images import DEFAULT_MIN_SIDE, default_max_pixels
+from inference_app.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, default_max_pixels
 from inference_app.predictor import DEFAULT_MODEL
 from inference_app.tsne_map import default_max_points
 
@@ -179,14 +179,12 @@ def _add_answer_options(parser: argparse.ArgumentParser) -> None:
         help="how several photos are combined: mean of probabilities (robust to one bad photo, default) "
         "or mean of log-probabilities (independent evidence) (env COMBINE)",
     )
-    limits = (  # (flag, default, help): checked before decoding, the same limits as data_prep's
-        ("--max-pixels", "IMAGE_MAX_PIXELS", _pixels, "refuse images with more pixels"),
-        ("--min-side", "MIN_SIDE", int, "refuse a shorter side below this"),
+    limits = (  # (flag, env, parse, default, help): checked before decoding, the same limits as data_prep's
+        ("--max-pixels", "IMAGE_MAX_PIXELS", _pixels, DEFAULT_MAX_PIXELS, "refuse images with more pixels"),
+        ("--min-side", "MIN_SIDE", int, DEFAULT_MIN_SIDE, "refuse a shorter side below this"),
     )
-    for flag, name, convert, text in limits:
-        default = _from_env(parser, name, flag, None, convert)
-        if default is None:
-            default = default_max_pixels() if flag == "--max-pixels" else DEFAULT_MIN_SIDE
+    for flag, name, convert, fallback, text in limits:
+        default = _from_env(parser, name, flag, fallback, convert)
         help_text = f"{text} (env {name}; shared with data_prep and the trainer; default %(default)s)"
         parser.add_argument(flag, type=int, default=default, help=help_text)
 

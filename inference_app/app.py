@@ -26,6 +26,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python inference_app/app.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inference_app.options import CACHE_SWEEP_S, KEEP_UPLOADS_S, parse_args
+
+if __name__ == "__main__":
+    # Bad flags and environment values fail here, before gradio is imported (it reads GRADIO_SERVER_PORT
+    # on import) and before anything is loaded; --help answers without gradio, torch or the model.
+    parse_args()
+
 import gradio as gr
 import numpy as np
 from gradio.components.plot import PlotData
@@ -33,7 +40,6 @@ from gradio.components.plot import PlotData
 from inference_app.evaluation_view import evaluation_tab
 from inference_app.identification import ENROLLED_MARK, Identification, identify, softmax
 from inference_app.images import DEFAULT_MIN_SIDE, InvalidImageError
-from inference_app.options import CACHE_SWEEP_S, KEEP_UPLOADS_S, parse_args
 from inference_app.predictor import (
     DEFAULT_MODEL,
     EnrolmentError,

@@ -2,7 +2,7 @@
 domain, stars = the placed query photos.
 
 A map fitted on a sample (more reference images than ``max_points``) draws the fitted sample only:
-every species, at most ``max_points`` points (a 50,000-point plotly figure is ~10 MB of JSON sent with
+at most ``max_points`` points (every species when there are at most that many) (a 50,000-point plotly figure is ~10 MB of JSON sent with
 every query and sluggish in the browser); its title says how many of how many are shown.
 """
 

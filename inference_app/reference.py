@@ -2,8 +2,10 @@
 
 A reference set is any of:
 
-- a dataset written by ``data_prep`` (``save_to_disk``; a ``DatasetDict`` uses all splits unless
-  one is chosen) with ``image``, ``label`` (``ClassLabel``), optional ``domain`` and ``path``;
+- a dataset written by ``data_prep`` (``save_to_disk``) with ``image``, ``label`` (``ClassLabel``), optional
+  ``domain`` and ``path``; of a ``DatasetDict``, every split but ``test`` unless splits are chosen
+  (``test`` holds the held-out field photos the model is measured on: a test photo would find itself
+  among its nearest specimens, at similarity 1.00);
 - a Hub dataset repo id (``datasets.load_dataset``, offline from the cache when HF_HUB_OFFLINE=1);
 - a folder ``ROOT/<species>/*`` or the ``data_prep`` layout ``ROOT/{herbarium,field,test}/<species>/*``
   (``ROOT/<species>/{herbarium,field}/*`` works too).
@@ -46,6 +48,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".g
 #: Folder names that give the domain: the contract's synonyms, and data_prep's ``test/`` (field photos).
 DOMAIN_FOLDERS = {**DOMAIN_SYNONYMS, "test": DOMAINS[FIELD]}
 CACHE_VERSION = 1
+#: Splits a reference set leaves out unless chosen: data_prep's held-out field photos (the test set).
+HELD_OUT_SPLITS = ("test",)
+#: ``split`` value that chooses every split, held-out ones included.
+ALL_SPLITS = "all"
 
 
 def _short_hash(text: str, length: int = 16) -> str:
@@ -188,15 +194,48 @@ def _from_folder(root: Path) -> ReferenceSet:
     return ReferenceSet(species, domain, ids, digest.hexdigest()[:16], str(root), lambda i: root / ids[i])
 
 
+def choose_splits(splits: dict, split: str | None, source: str) -> dict:
+    """The splits of a dataset that a reference set uses, in their order, and a log line naming them.
+
+    Args:
+        splits: ``{name: datasets.Dataset}``.
+        split: ``None`` (every split but :data:`HELD_OUT_SPLITS`; all of them when nothing else is
+            left), ``"all"``, one split name or several separated by commas (``"train,test"``).
+        source: the dataset, for messages.
+
+    Raises:
+        ReferenceSetError: a chosen split that ``splits`` does not have.
+    """
+    if split is None:
+        chosen = [name for name in splits if name not in HELD_OUT_SPLITS] or list(splits)
+    elif split.strip() == ALL_SPLITS:
+        chosen = list(splits)
+    else:
+        chosen = [name.strip() for name in split.split(",") if name.strip()]
+    for name in chosen:
+        if name not in splits:
+            raise ReferenceSetError(f"{source} has no split '{name}' (it has {sorted(splits)})")
+    left_out = [name for name in splits if name not in chosen]
+    logger.info(
+        "reference set %s: split%s %s%s",
+        source,
+        "s" if len(chosen) > 1 else "",
+        ", ".join(chosen),
+        f" ({', '.join(left_out)} left out; --reference-split all uses every split)" if left_out else "",
+    )
+    return {name: splits[name] for name in chosen}
+
+
 def load_reference_set(source: str | Path, split: str | None = None) -> ReferenceSet:
     """Load a reference set from a saved dataset, a folder of images or a Hub dataset repo id.
 
     Args:
         source: folder or Hub dataset repo id.
-        split: for a ``DatasetDict``, the split to use (default: all splits).
+        split: for a ``DatasetDict``, the splits to use (:func:`choose_splits`; default: every split but
+            ``test``, the held-out photos the model is measured on).
 
     Raises:
-        ReferenceSetError: nothing usable at ``source``.
+        ReferenceSetError: nothing usable at ``source``, or no such split.
     """
     path = Path(source).expanduser()
     if path.is_dir() and is_saved_dataset(path):
@@ -204,10 +243,7 @@ def load_reference_set(source: str | Path, split: str | None = None) -> Referenc
 
         loaded = load_from_disk(str(path))
         splits = dict(loaded) if isinstance(loaded, DatasetDict) else {"data": loaded}
-        if split is not None:
-            if split not in splits:
-                raise ReferenceSetError(f"{path} has no split '{split}' (it has {sorted(splits)})")
-            splits = {split: splits[split]}
+        splits = choose_splits(splits, split, str(path))
         fingerprint = _short_hash(f"{_dataset_fingerprint(path)}:{sorted(splits)}")
         return _from_datasets(splits, fingerprint, str(path))
     if path.is_dir():
@@ -219,13 +255,14 @@ def load_reference_set(source: str | Path, split: str | None = None) -> Referenc
     if is_hub_id(str(source), namespaced=True):
         from datasets import load_dataset
 
+        single = split.strip() if split and split.strip() != ALL_SPLITS and "," not in split else None
         try:
-            loaded = load_dataset(str(source), split=split)
+            loaded = load_dataset(str(source), split=single)
         except Exception as error:  # datasets raises many types for a missing repo
             raise ReferenceSetError(
                 f"reference set '{source}' is neither a folder nor a loadable Hub dataset: {error}"
             ) from error
-        splits = dict(loaded) if hasattr(loaded, "keys") else {split or "data": loaded}
+        splits = choose_splits(dict(loaded) if single is None else {single: loaded}, split, str(source))
         fingerprint = _short_hash(
             ":".join(f"{name}={ds._fingerprint}" for name, ds in sorted(splits.items()))
         )

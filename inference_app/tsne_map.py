@@ -15,11 +15,12 @@ rebuilt from the embeddings on load (a one-epoch refit whose layout is then repl
 :func:`load_map` picks the class by name.
 
 Large reference sets: above ``max_points`` (``embedding_map.DEFAULT_MAX_POINTS``, 10,000; the app's
-``--map-max-points``) the map is fitted on a sample with every species in it and the other images are
-placed into it (``embedding_map.fit_map``); the sample's indices are cached with the coordinates, and
-placement works against the sample only, so start-up from the cache and each query stay bounded. The
-figure then draws the fitted sample only (every species; a 50,000-point plotly figure is ~10 MB sent
-with every query and sluggish in the browser) and says so in its title.
+``--map-max-points``) the map is fitted on a sample and the other images are placed into it
+(``embedding_map.fit_map``). The sample holds every species when there are at most ``max_points`` species,
+else ``max_points`` of them (one image each; :func:`load_map` warns at start-up). The sample's indices are
+cached with the coordinates, and placement works against the sample only, so start-up from the cache and
+each query stay bounded. The figure then draws the fitted sample only (a 50,000-point plotly figure is
+~10 MB sent with every query and sluggish in the browser) and says so in its title.
 """
 
 from __future__ import annotations
@@ -401,6 +402,28 @@ class UMAPMap(MapFigure):
 
 
 MAPS = {"tsne": TSNEMap, "umap": UMAPMap}
+
+
+def _warn_when_species_are_left_out(n: int, labels: Sequence[str] | None, max_points: int) -> bool:
+    """Log a warning when the map of ``n`` points is fitted on a sample of ``max_points`` that cannot hold
+    one image of each of the ``labels``' species (the left-out species are not drawn, and their images are
+    placed into a map fitted without them). Returns whether it warned."""
+    if labels is None or n <= max_points:
+        return False
+    kinds = len(set(labels))
+    if kinds <= max_points:
+        return False
+    logger.warning(
+        "the map's sample of %d points holds %d of %d species; raise --map-max-points (env MAP_MAX_POINTS) "
+        "to at least %d to draw every species",
+        max_points,
+        max_points,
+        kinds,
+        kinds,
+    )
+    return True
+
+
 ReferenceMap = TSNEMap | UMAPMap
 
 
@@ -413,13 +436,15 @@ def load_map(
 ) -> TSNEMap | UMAPMap:
     """The ``method`` map (``"tsne"`` or ``"umap"``) of the ``(N, D)`` reference embeddings, cached in
     ``cache_dir``, ready to place photos; above ``max_points`` (default
-    ``embedding_map.DEFAULT_MAX_POINTS``) fitted on a sample stratified by ``labels`` (species).
+    ``embedding_map.DEFAULT_MAX_POINTS``) fitted on a sample stratified by ``labels`` (species): every
+    species when there are at most ``max_points`` of them, else ``max_points`` species, with a warning.
 
     Raises:
         ValueError: an unknown method, or fewer than 4 embeddings.
     """
     if method not in MAPS:
         raise ValueError(f"unknown map {method!r}; expected one of {', '.join(MAPS)}")
+    _warn_when_species_are_left_out(len(embeddings), labels, _max_points(max_points))
     embedding_map = MAPS[method].load_or_fit(embeddings, cache_dir, labels=labels, max_points=max_points)
     embedding_map.prepare()
     return embedding_map

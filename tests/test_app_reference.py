@@ -54,6 +54,35 @@ def test_saved_dataset_uses_all_splits_or_one(dataset_dir):
         load_reference_set(dataset_dir, split="test")
 
 
+def test_the_default_reference_set_leaves_out_the_test_split(dataset_dir, tmp_path, caplog):
+    """data_prep's ``test`` split holds the held-out field photos: querying with one of them must not find
+    the photo itself first (similarity 1.00), so the default uses every other split and says which."""
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(str(dataset_dir))
+    test = loaded["validation"].map(lambda row: {"path": "test/" + row["path"]})
+    with_test = tmp_path / "with-test"
+    DatasetDict({**loaded, "test": test}).save_to_disk(str(with_test))
+    n_test = len(test)
+
+    with caplog.at_level("INFO", logger="inference_app.reference"):
+        default = load_reference_set(with_test)
+    assert len(default) == len(SPECIES) * 5 and not any(i.startswith("test/") for i in default.ids)
+    assert f"reference set {with_test}: splits train, validation (test left out;" in caplog.text
+
+    everything = load_reference_set(with_test, split="all")
+    assert len(everything) == len(SPECIES) * 5 + n_test
+    assert len(load_reference_set(with_test, split="test")) == n_test
+    chosen = load_reference_set(with_test, split="train, test")
+    assert len(chosen) == len(default) - len(SPECIES) + n_test
+    assert chosen.fingerprint != default.fingerprint != everything.fingerprint  # separate embedding caches
+    with pytest.raises(ReferenceSetError, match="no split 'tset'"):
+        load_reference_set(with_test, split="train,tset")
+    only_test = tmp_path / "only-test"
+    DatasetDict({"test": test}).save_to_disk(str(only_test))
+    assert len(load_reference_set(only_test)) == n_test  # nothing else to use
+
+
 def test_folder_layouts(tmp_path):
     data_prep_layout = load_reference_set(
         make_reference_folder(tmp_path / "layout", n_herbarium=2, n_field=1)

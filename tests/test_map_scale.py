@@ -192,3 +192,19 @@ def test_all_zero_embeddings_get_finite_map_coordinates(caplog):
     # the zero rows sit together: closer to each other than to the typical point
     spread = np.linalg.norm(np.asarray(coords) - np.asarray(coords).mean(0), axis=1).mean()
     assert np.linalg.norm(np.asarray(coords)[3] - np.asarray(coords)[17]) < spread
+
+
+def test_a_sample_smaller_than_the_species_count_warns_at_start_up(tmp_path, caplog):
+    """50 points for 100 species cannot hold every species: the map draws 50 of them and start-up says so;
+    with as many points as species, or no sampling at all, there is no warning."""
+    embeddings, labels = _clusters(200, 100)
+    with caplog.at_level("WARNING", logger="inference_app.tsne_map"):
+        tsne_map = load_map("tsne", embeddings, tmp_path, labels=list(labels), max_points=50)
+    assert len({labels[i] for i in tsne_map.sample}) == 50
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "the map's sample of 50 points holds 50 of 100 species; raise --map-max-points" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inference_app.tsne_map"):
+        load_map("tsne", embeddings, tmp_path, labels=list(labels), max_points=100)
+        load_map("tsne", embeddings[:50], tmp_path, labels=list(labels[:50]), max_points=50)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

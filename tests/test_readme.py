@@ -67,6 +67,12 @@ def test_readme_app_command_answers_help():
     )
     assert result.returncode == 0, result.stderr
     assert "--model" in result.stdout
+    # the README's app section lists every option `--help` shows, one line each
+    section = README.split("## Identify plants in the browser")[1].split("\n## ")[0]
+    listed = {match.group(1) for line in section.splitlines() if (match := re.match(r"- `(--[\w-]+)", line))}
+    options = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", result.stdout)) - {"--help"}
+    assert options - listed == set(), f"README's app options leave out {sorted(options - listed)}"
+    assert listed - options == set(), f"README's app options list unknown {sorted(listed - options)}"
 
 
 def test_readme_figures_exist():

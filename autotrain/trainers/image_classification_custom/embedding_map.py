@@ -10,7 +10,8 @@ with ``UMAP.transform``. UMAP keeps more of the global layout (which species gro
 scales better than t-SNE; importing umap-learn costs ~20 s of numba compilation the first time.
 
 Large sets (:func:`fit_map`): above ``max_points`` (:data:`DEFAULT_MAX_POINTS`) the map is fitted on a
-seeded sample with every species in it (:func:`sample_indices`) and the other points are placed into
+seeded sample (:func:`sample_indices`: every species in it when there are at most ``max_points`` species,
+else ``max_points`` of them, one image each) and the other points are placed into
 the fitted map (``TSNEEmbedding.transform`` / ``UMAP.transform``, in batches with a progress bar), so
 the fit costs the same at 50,000 points as at 10,000 and placing grows linearly. At or below
 ``max_points`` nothing changes: the map is the full fit.
@@ -260,7 +261,8 @@ def fit_map(
     """A 2-D map of ``(N, D)`` embeddings that stays affordable for large ``N``.
 
     ``N <= max_points``: the full fit (:func:`fit_tsne` / :func:`fit_umap`), exactly as before.
-    Above: fitted on :func:`sample_indices` (every species in it when ``labels`` are given), then the
+    Above: fitted on :func:`sample_indices` (with ``labels``, every species in it when there are at most
+    ``max_points`` species, else a random ``max_points`` of them, one image each), then the
     other points placed into that map (:func:`_place`); the fitted points keep their layout (a t-SNE
     map is centred on its bounding box first, as openTSNE's ``transform`` does).
 

@@ -207,7 +207,7 @@ def save_parts() -> dict[str, list[tuple[Any, str]]]:
     return {
         "evaluation": [
             (outputs, "choose_saved_weights"),
-            (Embedder, "embed_and_logits"),  # the evaluation splits' pass (inside the map: the map's)
+            (Embedder, "logits"),  # the evaluation splits' pass (inside WiSE-FT or the map: theirs)
             (outputs, "calibrate"),
             (outputs, "evaluate_splits"),
             (outputs, "species_report"),

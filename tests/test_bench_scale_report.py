@@ -75,3 +75,26 @@ def test_generated_layout_gives_every_species_a_sheet_and_field_photos_to_a_tent
     assert sum(d == "field" for _, d, _ in rows) == 400
     with pytest.raises(ValueError, match="fewer than the 100 species"):
         scale_data.assign(100, 100)
+
+
+def test_an_uncounted_evaluation_pass_moves_from_save_to_evaluation():
+    trainer = {
+        "stages": {
+            "evaluation": {"seconds": 10.0, "peak_rss_mb": 1.0},
+            "save": {"seconds": 50.0, "peak_rss_mb": 1.0},
+        },
+        "facts": {
+            "untimed": ["Embedder.embed_and_logits"],
+            "save_outputs_calls": {
+                "outputs.save_arcface_model": 1.5,
+                "outputs.publish": 0.5,
+                "outputs.calibrate": 3.0,
+            },
+        },
+    }
+    bench_scale.attribute_evaluation_pass(trainer)
+    assert trainer["stages"]["evaluation"]["seconds"] == pytest.approx(58.0)
+    assert trainer["stages"]["save"]["seconds"] == pytest.approx(2.0)
+    assert trainer["facts"]["reattributed_seconds"] == pytest.approx(48.0)
+    bench_scale.attribute_evaluation_pass(trainer)  # once only
+    assert trainer["stages"]["evaluation"]["seconds"] == pytest.approx(58.0)

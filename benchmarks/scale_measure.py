@@ -2,7 +2,8 @@
 
 Peak memory is the largest resident set size (RSS) of the whole process tree (the process and every
 descendant, e.g. ``data_prep``'s decoding workers or DataLoader workers), summed at each sample, sampled
-every ``interval`` seconds by a thread with :mod:`psutil`. A spike shorter than the interval can be
+every ``interval`` seconds by a thread with :mod:`psutil`; ``peak_private_mb`` the same of resident minus
+shared pages (memory-mapped files, e.g. the dataset's Arrow files, count in RSS but the OS can drop them). A spike shorter than the interval can be
 missed; the interval is 0.1 s.
 """
 
@@ -21,12 +22,16 @@ import psutil
 MB = 2**20
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Bytes resident in ``process`` and all its descendants (those gone meanwhile count 0)."""
+def tree_rss(process: psutil.Process, private: bool = False) -> int:
+    """Bytes resident in ``process`` and all its descendants (those gone meanwhile count 0).
+
+    ``private``: resident minus shared pages (``rss - shared``: roughly the anonymous memory, leaving out
+    memory-mapped files such as a dataset's Arrow files, whose pages the OS can drop and re-read)."""
     total = 0
     for proc in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
+            info = proc.memory_info()
+            total += info.rss - (getattr(info, "shared", 0) if private else 0)
     return total
 
 
@@ -36,23 +41,33 @@ class Measurement:
 
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    peak_private_mb: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "peak_rss_mb": round(self.peak_rss_mb, 1), **self.extra}
+        return {
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_private_mb": round(self.peak_private_mb, 1),
+            **self.extra,
+        }
 
 
 class _Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
         self.process, self.interval = psutil.Process(pid), interval
-        self.peak = 0
+        self.peak = self.peak_private = 0
         self.stopped = threading.Event()
+
+    def sample(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.peak = max(self.peak, tree_rss(self.process))
+            self.peak_private = max(self.peak_private, tree_rss(self.process, private=True))
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, tree_rss(self.process))
+            self.sample()
             self.stopped.wait(self.interval)
 
 
@@ -61,7 +76,7 @@ def measure(interval: float = 0.1) -> Iterator[Measurement]:
     """Time the ``with`` block and sample this process tree's RSS; fills the yielded Measurement."""
     result = Measurement()
     sampler = _Sampler(os.getpid(), interval)
-    sampler.peak = tree_rss(sampler.process)
+    sampler.sample()
     sampler.start()
     start = time.perf_counter()
     try:
@@ -70,7 +85,8 @@ def measure(interval: float = 0.1) -> Iterator[Measurement]:
         result.seconds = time.perf_counter() - start
         sampler.stopped.set()
         sampler.join()
-        result.peak_rss_mb = max(sampler.peak, tree_rss(sampler.process)) / MB
+        sampler.sample()
+        result.peak_rss_mb, result.peak_private_mb = sampler.peak / MB, sampler.peak_private / MB
 
 
 def run_measured(
@@ -92,7 +108,9 @@ def run_measured(
         sampler.join()
     if code != 0:
         raise subprocess.CalledProcessError(code, list(cmd))
-    return Measurement(seconds=seconds, peak_rss_mb=sampler.peak / MB)
+    return Measurement(
+        seconds=seconds, peak_rss_mb=sampler.peak / MB, peak_private_mb=sampler.peak_private / MB
+    )
 
 
 def load_average() -> float:

@@ -163,11 +163,20 @@ def attribute_evaluation_pass(trainer: dict[str, Any]) -> dict[str, Any]:
     return trainer
 
 
-def import_baseline_mb() -> float:
-    """Peak RSS of a process that only imports the trainer and the app (what every stage starts with)."""
-    code = "import autotrain.trainers.image_classification_custom.training, inference_app.app"
+BASELINE_IMPORTS = {
+    "build": "import data_prep.build",
+    "default": "import autotrain.trainers.image_classification_custom.training, inference_app.app",
+}
+
+
+def import_baselines_mb() -> dict[str, float]:
+    """Peak RSS of processes that only import what a stage's process imports: ``build`` (data_prep) and
+    ``default`` (the trainer and the app), what every stage starts with."""
     log = Path(os.devnull)
-    return run_measured([sys.executable, "-c", code], log, env=_env()).peak_rss_mb
+    return {
+        kind: run_measured([sys.executable, "-c", code], log, env=_env()).peak_rss_mb
+        for kind, code in BASELINE_IMPORTS.items()
+    }
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -194,9 +203,12 @@ def sweeps(runs: list[dict[str, Any]]) -> dict[str, tuple[str, int, list[dict[st
 
 
 def exponents(
-    runs: list[dict[str, Any]], baseline_mb: float
+    runs: list[dict[str, Any]], baseline_mb: float | dict[str, float]
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """``{axis: {stage: {"time": b, "memory": b}}}`` over each sweep."""
+    """``{axis: {stage: {"time": b, "memory": b}}}`` over each sweep; memory above the stage's import
+    baseline (``baseline_mb[stage]``, else ``baseline_mb["default"]``, or one number for all)."""
+    if not isinstance(baseline_mb, dict):
+        baseline_mb = {"default": baseline_mb}
     out: dict[str, Any] = {}
     for axis, (_, _, chosen) in sweeps(runs).items():
         stages = [s for s in chosen[0]["stages"] if all(s in r["stages"] for r in chosen)]
@@ -205,7 +217,11 @@ def exponents(
             s: {
                 "time": fit_exponent(xs, [r["stages"][s]["seconds"] for r in chosen]),
                 "memory": fit_exponent(
-                    xs, [max(r["stages"][s]["peak_rss_mb"] - baseline_mb, 1.0) for r in chosen]
+                    xs,
+                    [
+                        max(r["stages"][s]["peak_rss_mb"] - baseline_mb.get(s, baseline_mb["default"]), 1.0)
+                        for r in chosen
+                    ],
                 ),
             }
             for s in stages
@@ -336,16 +352,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[scale] N={n:,} C={c:,} failed: {failed[-1]['error']} (log in {args.out})", flush=True)
             if not args.skip_failed:
                 raise
-    baseline = import_baseline_mb()
+    baselines = import_baselines_mb()
     results = {
         "image_size": image_size,
         "epoch": args.epoch,
         "machine": machine_line(machine_info()),
         "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
-        "import_baseline_mb": baseline,
+        "import_baseline_mb": baselines["default"],
+        "import_baselines_mb": baselines,
         "runs": runs,
         "failed": failed,
-        "exponents": exponents(runs, baseline) if runs else {},
+        "exponents": exponents(runs, baselines) if runs else {},
         "minutes": (time.time() - started) / 60,
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

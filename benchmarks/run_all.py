@@ -250,6 +250,12 @@ def _run_scale(args: argparse.Namespace) -> dict[str, Any]:
     return out | {"preset": "small"}
 
 
+def _baselines(r: dict[str, Any]) -> str:
+    kinds = r.get("import_baselines_mb") or {"default": r["import_baseline_mb"]}
+    names = {"build": "data_prep build", "default": "trainer and app"}
+    return ", ".join(f"{names.get(k, k)} {v:,.0f} MiB" for k, v in kinds.items())
+
+
 def _scale_md(r: dict[str, Any]) -> list[str]:
     import bench_scale
 
@@ -265,7 +271,7 @@ def _scale_md(r: dict[str, Any]) -> list[str]:
         "cell: wall time / peak resident memory of the stage's process tree (a later stage of the trainer "
         "or the app includes what the earlier ones still hold). `b (N)`, `b (C)`: fitted exponents of time / "
         "memory above the import baseline "
-        f"({r['import_baseline_mb']:,.0f} MiB) in `cost ~ N^b`, `cost ~ C^b`. "
+        f"({_baselines(r)}) in `cost ~ N^b`, `cost ~ C^b`. "
         + (
             f"1-minute load average at the stages' ends: {min(loads):.1f}-{max(loads):.1f} on 2 cores. "
             if loads

@@ -98,3 +98,12 @@ def test_an_uncounted_evaluation_pass_moves_from_save_to_evaluation():
     assert trainer["facts"]["reattributed_seconds"] == pytest.approx(48.0)
     bench_scale.attribute_evaluation_pass(trainer)  # once only
     assert trainer["stages"]["evaluation"]["seconds"] == pytest.approx(58.0)
+
+
+def test_each_stage_is_fitted_above_its_own_process_baseline():
+    runs = [_run(2000, 1000), _run(10000, 1000), _run(50000, 1000)]
+    for run in runs:  # a data_prep process starts at 200 MiB, not at the trainer's 500
+        run["stages"]["build"]["peak_rss_mb"] = 200 + 0.01 * run["n"]
+    fits = bench_scale.exponents(runs, {"build": 200.0, "default": 500.0})
+    assert fits["n"]["build"]["memory"] == pytest.approx(1.0)
+    assert fits["n"]["evaluation"]["memory"] == pytest.approx(0.0)

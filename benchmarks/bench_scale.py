@@ -242,17 +242,19 @@ def figure(results: dict[str, Any], path: Path) -> Path:
         xs = [r[axis] for r in chosen]
         for row, (key, unit) in enumerate((("seconds", "wall time (s)"), ("peak_rss_mb", "peak RSS (MiB)"))):
             ax = axes[row][col]
-            for stage in chosen[0]["stages"]:
+            colours = plt.get_cmap("tab20").colors
+            for i, stage in enumerate(chosen[0]["stages"]):
                 ys = [r["stages"].get(stage, {}).get(key) for r in chosen]
                 if all(y is not None and y > 0 for y in ys):
-                    ax.plot(xs, ys, marker="o", label=stage)
+                    ax.plot(xs, ys, marker="os^vD"[i % 5], color=colours[i % len(colours)], label=stage)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(f"{'N images' if axis == 'n' else 'C species'} ({fixed.upper()} = {value:,})")
             ax.set_ylabel(unit)
             ax.grid(True, which="both", alpha=0.3)
         axes[0][col].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Scaling benchmark, image size {results['image_size']} px ({results['machine']})")
+    machine = results["machine"].split(";")[0]
+    fig.suptitle(f"Scaling benchmark: model at {results['image_size']} px; {machine}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

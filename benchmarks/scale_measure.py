@@ -22,17 +22,18 @@ import psutil
 MB = 2**20
 
 
-def tree_rss(process: psutil.Process, private: bool = False) -> int:
-    """Bytes resident in ``process`` and all its descendants (those gone meanwhile count 0).
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """``(resident, private)`` bytes of ``process`` and all its descendants (those gone meanwhile count 0).
 
     ``private``: resident minus shared pages (``rss - shared``: roughly the anonymous memory, leaving out
     memory-mapped files such as a dataset's Arrow files, whose pages the OS can drop and re-read)."""
-    total = 0
+    resident = private = 0
     for proc in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
             info = proc.memory_info()
-            total += info.rss - (getattr(info, "shared", 0) if private else 0)
-    return total
+            resident += info.rss
+            private += info.rss - getattr(info, "shared", 0)
+    return resident, private
 
 
 @dataclass
@@ -62,8 +63,8 @@ class _Sampler(threading.Thread):
 
     def sample(self) -> None:
         with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, tree_rss(self.process))
-            self.peak_private = max(self.peak_private, tree_rss(self.process, private=True))
+            resident, private = tree_memory(self.process)  # one pass over the tree per sample
+            self.peak, self.peak_private = max(self.peak, resident), max(self.peak_private, private)
 
     def run(self) -> None:
         while not self.stopped.is_set():

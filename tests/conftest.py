@@ -235,3 +235,29 @@ _make_tiny_vit = _handed_out(make_tiny_vit)
 _tiny_config = _handed_out(tiny_config)
 _tiny_model = _handed_out(tiny_model)
 _make_trainer = _handed_out(make_arcface_trainer, "make_trainer")
+
+
+@pytest.fixture
+def run_app_script(tmp_path):
+    """``run_app_script(env)``: ``inference_app/app.py --model <missing folder>`` run as a script in
+    ``tmp_path`` (offline, ``env`` over this environment; a value None removes the variable); returns the
+    ``subprocess.CompletedProcess`` with text output."""
+    import subprocess
+
+    def run(env: dict[str, str | None] | None = None):
+        full = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        for name, value in (env or {}).items():
+            if value is None:
+                full.pop(name, None)
+            else:
+                full[name] = value
+        return subprocess.run(
+            [sys.executable, str(REPO_ROOT / "inference_app" / "app.py"), "--model", str(tmp_path / "nope")],
+            cwd=tmp_path,
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return run

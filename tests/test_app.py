@@ -271,17 +271,8 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_script_missing_model_exits_cleanly(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MODEL_ID", None)
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "inference_app" / "app.py"), "--model", str(tmp_path / "nope")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_script_missing_model_exits_cleanly(run_app_script):
+    result = run_app_script({"MODEL_ID": None})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: model folder")

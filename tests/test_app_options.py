@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -92,19 +89,11 @@ def test_good_environment_values_set_the_defaults_and_flags_win(monkeypatch):
     assert not parse_args([]).genus_from_name
 
 
-def test_the_script_refuses_a_bad_environment_value_before_loading_anything(tmp_path):
+def test_the_script_refuses_a_bad_environment_value_before_loading_anything(run_app_script):
     """Run as a script: the check comes before gradio's import (which reads GRADIO_SERVER_PORT itself and
     raised a traceback) and before the model and reference set load (MAP=xyz failed only after them)."""
     for name, value in (("GRADIO_SERVER_PORT", "http"), ("MAP", "xyz")):
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", name: value}
-        result = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "inference_app" / "app.py"), "--model", str(tmp_path / "nope")],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = run_app_script({name: value})
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert (
             result.stderr.strip()
